@@ -1,0 +1,176 @@
+"""One typed config per job; the CLI, YAML files and the Python API are three views of it.
+
+Precedence: dataclass defaults < named preset < YAML file < command-line flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError, unknown_name
+
+
+def parse_number(v: Any) -> float:
+    """A float from 0.031, '0.031' or '8/255'."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return float(Fraction(str(v).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"not a number: {v!r} (write e.g. 0.031 or 8/255)") from None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Budgets are in [0, 1] pixel units (8/255)."""
+    # data
+    dataset: str = "shapes"
+    data_root: str | None = None
+    download: bool = False
+    train_subset: int = 0          # 0 = the whole training set
+    val_size: int = 1000           # held out from the training set, for model selection
+    augment: bool = True
+    # model
+    model: str = "preact_resnet18"
+    model_args: dict = field(default_factory=dict)
+    # method (options not given take the method's defaults; eps/step_size/steps below apply)
+    method: str = "dhat"
+    method_args: dict = field(default_factory=dict)
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    # optimisation: SGD, piecewise lr: lr * gamma^(number of milestones <= epoch index)
+    epochs: int = 110
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list = field(default_factory=lambda: [100, 105])
+    lr_gamma: float = 0.1
+    # validation (robust accuracy on the held-out split, every epoch; selects "best")
+    val_steps: int = 10
+    # run
+    out_dir: str = "runs/dhat"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"               # off | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    log_clean_acc: bool = True     # an extra eval-mode, no-grad forward per step
+    progress: bool = True
+    preset: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        for name in ("eps", "step_size"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise UserError(f"--{name.replace('_', '-')} must lie in (0, 1] in pixel units "
+                                f"(e.g. 8/255), got {v}")
+        for name in ("epochs", "batch_size", "steps"):
+            if getattr(self, name) < (0 if name == "steps" else 1):
+                raise UserError(f"--{name.replace('_', '-')} must be positive")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise UserError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
+        return self
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+@dataclass
+class EvalConfig:
+    """What `dhat eval` measures on one checkpoint."""
+    checkpoint: str = ""
+    weights: str = "model"         # or an extra model saved in the checkpoint, e.g. "fawa"
+    dataset: str | None = None     # default: the checkpoint's training dataset
+    data_root: str | None = None
+    attacks: list = field(default_factory=lambda: ["clean", "pgd10", "pgd20", "pgd50", "cw"])
+    eps: float | None = None       # default: the checkpoint's training eps
+    step_size: float = 2 / 255
+    n_test: int = 0                # 0 = the whole test set
+    gap_train_images: int = 10000  # robust gap: PGD-10 on this many training images; 0 = skip
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None         # default: <checkpoint dir>/eval_<checkpoint stem>.json
+
+
+def config_hash(cfg) -> str:
+    """12 hex digits identifying a config (a dataclass or its dict)."""
+    d = cfg if isinstance(cfg, dict) else asdict(cfg)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(dataset="shapes", model="preact_resnet18", model_args={"width": 8},
+                  train_subset=2000, val_size=200, epochs=2, milestones=[], batch_size=64,
+                  steps=2, val_steps=2, lr=0.05),
+    "cifar10-standard": dict(dataset="cifar10", model="resnet18", method="standard",
+                             epochs=110, milestones=[100, 105]),
+    "cifar10-pgd_at": dict(dataset="cifar10", model="wrn_28_10", method="pgd_at"),
+    "cifar10-uiat": dict(dataset="cifar10", model="wrn_28_10", method="uiat"),
+    "cifar10-dhat": dict(dataset="cifar10", model="wrn_28_10", method="dhat"),
+    "cifar10-dhat-official": dict(dataset="cifar10", model="resnet18", method="dhat",
+                                  epochs=100, milestones=[90, 95]),
+    "cifar100-uiat": dict(dataset="cifar100", model="wrn_28_10", method="uiat"),
+    "cifar100-dhat": dict(dataset="cifar100", model="wrn_28_10", method="dhat"),
+}
+
+
+def register_preset(name: str, **overrides: Any) -> None:
+    PRESETS[name] = overrides
+
+
+def _coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in data.items():
+        if k not in known:
+            raise unknown_name(f"{cls.__name__} field", k, known)
+        if k in ("eps", "step_size", "lr", "lr_gamma", "momentum", "weight_decay") and v is not None:
+            v = parse_number(v)
+        out[k] = v
+    return out
+
+
+def build_train_config(yaml_path: str | None = None, preset: str | None = None,
+                       **overrides: Any) -> TrainConfig:
+    """defaults < preset < YAML < overrides (the CLI passes only flags the user gave)."""
+    data: dict[str, Any] = {}
+    if yaml_path:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{p} must hold a mapping of TrainConfig fields")
+    preset = overrides.get("preset") or preset or data.get("preset")
+    merged: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise unknown_name("preset", preset, PRESETS)
+        merged.update(PRESETS[preset])
+        merged["preset"] = preset
+    for layer in (data, overrides):
+        for k, v in layer.items():
+            if k in ("method_args", "model_args") and isinstance(v, dict):
+                merged[k] = {**merged.get(k, {}), **v}
+            else:
+                merged[k] = v
+    return TrainConfig(**_coerce(TrainConfig, merged)).validate()
+
+
+def save_yaml(cfg, path: str | Path) -> None:
+    from .checkpoint import atomic_write
+    text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,86 @@
+"""Dataset registry: `load_dataset(name, root)` -> a `DataBundle` of uint8 tensors in memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import unknown_name
+from .cifar import load_cifar
+
+DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dhat")
+
+
+@dataclass
+class DataBundle:
+    """Train/test images (N, 3, H, W) uint8 and labels (N,) int64, with what a model needs.
+
+    `test_masks` / `train_masks` (N, H, W) bool are ground-truth foregrounds where the dataset
+    has them (the attention analysis uses them).
+    """
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: list[str] = field(default_factory=list)
+    train_masks: torch.Tensor | None = None
+    test_masks: torch.Tensor | None = None
+
+    def subset_train(self, n: int, seed: int = 0) -> "DataBundle":
+        """The first `n` images of a seeded, class-stratified permutation of the training set."""
+        from .splits import validation_split
+        if n >= len(self.train_y):
+            return self
+        _, keep = validation_split(self.train_y, n, seed)
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        if self.train_masks is not None:
+            self.train_masks = self.train_masks[keep]
+        return self
+
+
+_DATASETS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(fn):
+        _DATASETS[name] = fn
+        return fn
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, root: str | None = None, **kwargs) -> DataBundle:
+    """Load a registered dataset. `root=None` searches the usual places (CIFAR)."""
+    if name not in _DATASETS:
+        raise unknown_name("dataset", name, _DATASETS)
+    return _DATASETS[name](root=root, **kwargs)
+
+
+def _cifar(name: str, root: str | None, download: bool, mean, std) -> DataBundle:
+    from pathlib import Path
+
+    from .cifar import find_folder
+    if root is None:
+        root = next((r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), name)),
+                    "data")
+    tx, ty, names = load_cifar(root, name, train=True, download_ok=download)
+    vx, vy, _ = load_cifar(root, name, train=False, download_ok=download)
+    return DataBundle(name, tx, ty, vx, vy, 10 if name == "cifar10" else 100, mean, std, names)
+
+
+@register_dataset("cifar10")
+def cifar10(root: str | None = None, download: bool = False, **_) -> DataBundle:
+    return _cifar("cifar10", root, download, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+
+
+@register_dataset("cifar100")
+def cifar100(root: str | None = None, download: bool = False, **_) -> DataBundle:
+    return _cifar("cifar100", root, download, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

@@ -1,0 +1,75 @@
+"""What a training method is: a small unit that turns (model, batch) into (loss, metrics).
+
+The trainer knows no method. It calls, per run, `setup`; per epoch, `start_epoch` and
+`end_epoch`; per step, `method(model, batch)` then (after `optimizer.step()`) `after_step`.
+A method splits its step into `inputs` (attacks, masks: no parameter gradients) and
+`objective` (the differentiable loss), so that wrappers such as AWP can reuse the inputs.
+Options are dataclass fields, so `create_method(name, **options)` can validate them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.loader import Batch
+
+
+@dataclass
+class RunInfo:
+    """What a method may need to know about the run (given once, in `setup`)."""
+    num_classes: int
+    num_train: int
+    epochs: int
+    device: torch.device
+
+
+@dataclass
+class Method:
+    """Base class. Subclasses are dataclasses whose fields are their options."""
+
+    name = "base"
+
+    def setup(self, info: RunInfo) -> None:
+        self.info = info
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def inputs(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Everything the loss needs that carries no parameter gradient (attacks, masks)."""
+        return {}
+
+    def objective(self, model: nn.Module, batch: Batch,
+                  inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(model, batch, self.inputs(model, batch))
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after `optimizer.step()` (AWP restores the weights here)."""
+
+    def end_epoch(self, model: nn.Module, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
+        """Called after validation; `stats` may hold `val_class_acc` (K,). Returns extra log fields."""
+        return {}
+
+    def extra_models(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Named extra weights to save beside the model (e.g. CFA's averaged model)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a resume (tensors and plain values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()

@@ -1,0 +1,39 @@
+"""The base of every model: input normalisation lives inside, so inputs are in [0, 1]."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+class Classifier(nn.Module):
+    """An image classifier taking (B, 3, H, W) pixels in [0, 1] and returning (B, C) logits.
+
+    Subclasses implement `logits(x_normalised)` and name `cam_layer`, the dotted path of
+    the module whose output Grad-CAM uses by default (the last convolutional stage).
+    `mean`/`std` are buffers, so they travel with the state dict.
+    """
+
+    cam_layer: str = ""
+
+    def __init__(self, num_classes: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        mean = CIFAR10_MEAN if mean is None else mean
+        std = CIFAR10_STD if std is None else std
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.normalise(x))

@@ -1,0 +1,91 @@
+"""The CIFAR ResNet-18 of the official DHAT code (3x3 stem, no max-pool), plus ResNet-50.
+
+Parameter names follow the widespread CIFAR ResNet layout (`conv1`, `bn1`, `layer1..4`,
+`linear`), so third-party state dicts load with the buffers `mean`/`std` added.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Classifier
+from .registry import register_model
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_planes = self.expansion * planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(Classifier):
+    """(B, 3, H, W) in [0, 1] -> (B, C). Grad-CAM layer: `layer4` (as the official code)."""
+
+    cam_layer = "layer4"
+
+    def __init__(self, block, num_blocks, num_classes=10, width=64, mean=None, std=None):
+        super().__init__(num_classes, mean, std)
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._stage(block, width, num_blocks[0], 1)
+        self.layer2 = self._stage(block, 2 * width, num_blocks[1], 2)
+        self.layer3 = self._stage(block, 4 * width, num_blocks[2], 2)
+        self.layer4 = self._stage(block, 8 * width, num_blocks[3], 2)
+        self.linear = nn.Linear(8 * width * block.expansion, num_classes)
+
+    def _stage(self, block, planes, n, stride):
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def logits(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@register_model("resnet18")
+def resnet18(num_classes=10, mean=None, std=None, width=64):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, width, mean, std)

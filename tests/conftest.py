@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import dhat
+from dhat.data.cifar import find_folder
+
+CIFAR_ROOT = Path(os.environ.get("DHAT_CIFAR10", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def cifar_root():
+    if find_folder(CIFAR_ROOT, "cifar10") is None:
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR_ROOT}")
+    return CIFAR_ROOT
+
+
+def blobs(n=256, seed=0, classes=4):
+    """A learnable toy problem: each class is a constant colour plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    centres = torch.rand(classes, 3, 1, 1, generator=g)
+    x = (centres[y] + 0.15 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """A small CNN trained briefly on `blobs`, in eval mode (for attack direction tests)."""
+    torch.manual_seed(0)
+    x, y = blobs()
+    model = dhat.create_model("small_cnn", num_classes=4, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(30):
+        for i in range(0, len(y), 64):
+            loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), x, y
+
+
+@pytest.fixture(scope="session", autouse=True)
+def blobs_dataset():
+    """A tiny in-memory dataset 'blobs' for trainer and CLI tests (4 classes, 32x32)."""
+    from dhat.data import DataBundle, register_dataset
+
+    @register_dataset("blobs")
+    def _blobs(root=None, **_):
+        x, y = blobs(n=200, seed=1)
+        tx, ty = blobs(n=64, seed=2)
+        u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
+        return DataBundle("blobs", u8(x), y, u8(tx), ty, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                          ["a", "b", "c", "d"])
+    return "blobs"
+
+
+TINY = ["--dataset", "blobs", "--model", "small_cnn", "--model-arg", "width=4", "--epochs", "2",
+        "--batch-size", "32", "--val-size", "40", "--steps", "1", "--val-steps", "1",
+        "--no-progress", "--lr", "0.05", "--milestones", "1"]

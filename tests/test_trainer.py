@@ -1,0 +1,122 @@
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from dhat.checkpoint import read_checkpoint
+from dhat.cli import main
+from dhat.methods import register_method
+from dhat.methods.standard import Standard
+from dhat.train.schedule import piecewise_lr
+
+from conftest import TINY
+
+
+def run(tmp_path, *extra, name="run"):
+    return main(["train", *TINY, "--out-dir", str(tmp_path / name), "--no-eval", *extra])
+
+
+def test_piecewise_schedule_does_not_compound():
+    lrs = [piecewise_lr(0.1, e, [100, 105]) for e in range(110)]
+    assert lrs[99] == 0.1 and lrs[100] == pytest.approx(0.01) and lrs[104] == pytest.approx(0.01)
+    assert lrs[105] == pytest.approx(0.001) and lrs[109] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("method", ["dhat", "pgd_at"])
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, method):
+    assert run(tmp_path, "--method", method, name="full") == 0
+    assert run(tmp_path, "--method", method, "--epochs", "1", name="cut") == 0
+    assert run(tmp_path, "--method", method, "--resume", name="cut") == 0
+    a = read_checkpoint(tmp_path / "full" / "last.pt")
+    b = read_checkpoint(tmp_path / "cut" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    lines = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+
+
+def test_run_writes_config_log_and_checkpoints(tmp_path):
+    assert run(tmp_path, "--method", "dhat") == 0
+    out = tmp_path / "run"
+    assert {"config.yaml", "log.jsonl", "last.pt", "best.pt"} <= {p.name for p in out.iterdir()}
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    for key in ("loss", "ce", "dhlr", "floe", "adv_acc", "clean_acc", "lr", "seconds",
+                "images_per_s", "val_robust_acc", "val_clean_acc"):
+        assert key in rec, key
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    state = read_checkpoint(out / "last.pt")
+    assert state["config"]["method"] == "dhat" and "optimizer" in state and "rng" in state
+
+
+def test_existing_run_is_refused(tmp_path, capsys):
+    assert run(tmp_path) == 0
+    capsys.readouterr()
+    assert run(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert run(tmp_path, "--overwrite") == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "preact_resnet_18"], "preact_resnet18"),
+    (["--method", "dhta"], "dhat"),
+    (["--eps", "9"], "(0, 1]"),
+    (["--eps", "0"], "(0, 1]"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/dir"], "cifar-10-batches-py"),
+    (["--method", "pgd_at", "--dhlr", "paper"], "no option --dhlr"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    assert run(tmp_path, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@register_method("_nan_after_first_epoch")
+@dataclass
+class NanLater(Standard):
+    def objective(self, model, batch, inputs):
+        loss, metrics = super().objective(model, batch, inputs)
+        if getattr(self, "epoch", 0) >= 1:
+            bad = loss * float("nan")
+            return bad, {**metrics, "blowup": bad.item()}
+        return loss, metrics
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    assert run(tmp_path, "--method", "_nan_after_first_epoch") == 2
+    err = capsys.readouterr().err
+    assert "blowup" in err and "epoch 2" in err
+    state = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", str(bad)]) == 2
+    assert "not a readable dhat checkpoint" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    assert main(["eval", str(foreign)]) == 2
+    assert "not a dhat checkpoint" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_train_then_eval_writes_result_json(tmp_path, capsys):
+    assert run(tmp_path, "--method", "pgd_at") == 0
+    ckpt = tmp_path / "run" / "best.pt"
+    assert main(["eval", str(ckpt), "--attacks", "clean", "pgd10", "cw", "--gap-train-images", "50",
+                 "--eps", "8/255"]) == 0
+    out = capsys.readouterr().out
+    assert "pgd10" in out and "robust gap" in out
+    card = json.loads((tmp_path / "run" / "eval_best.json").read_text())
+    assert card["n_test"] == 64 and card["robust_gap"]["n_train"] == 50
+    acc = card["accuracy"]
+    assert 0 <= acc["pgd10"] <= acc["clean"] <= 1 and math.isclose(card["eps"], 8 / 255)
+    g = card["robust_gap"]
+    assert g["gap"] == pytest.approx(g["train"] - g["test"]) and g["test"] == acc["pgd10"]
