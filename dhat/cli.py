@@ -1,4 +1,4 @@
-"""`dhat train | eval | attention ...`: parse flags -> a config -> the Python API.
+"""`dhat train | eval | attention | report | export`: parse flags -> a config -> the Python API.
 
 Bad input prints one line naming the fix and exits with status 2.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import typing
 from typing import Any
@@ -94,33 +95,32 @@ def _add_train(sub) -> None:
                             metavar=None if "choices" in kw or "action" in kw else name.upper(), **kw)
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint (clean, PGD, CW, robust gap)")
-    p.add_argument("checkpoint", help="a last.pt / best.pt written by `dhat train`")
-    p.add_argument("--weights", default="model", help="'model' or an extra model, e.g. fawa")
-    p.add_argument("--attacks", nargs="+", default=None,
-                   help="clean pgd10 pgd20 pgd50 cw (pgdK/cwK for K steps)")
-    p.add_argument("--eps", type=parse_number, default=None, help="e.g. 8/255")
-    p.add_argument("--step-size", type=parse_number, default=None)
-    p.add_argument("--n-test", type=int, default=None, help="first N test images (0 = all)")
-    p.add_argument("--gap-train-images", type=int, default=None)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="result JSON path")
+# Subcommands other than `train`: each module has `add_parser(subparsers)` and `run(ns)`.
+SUBCOMMANDS = {
+    "eval": "dhat.eval.command",
+    "attention": "dhat.analysis.attention",
+    "report": "dhat.analysis.report",
+    "export": "dhat.export",
+}
+
+
+def _subcommand(name: str):
+    try:
+        return importlib.import_module(SUBCOMMANDS[name])
+    except ModuleNotFoundError as e:  # a subcommand not in this build; real import errors rise
+        if e.name != SUBCOMMANDS[name]:
+            raise
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dhat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    _add_eval(sub)
-    try:
-        from .analysis.attention import add_attention_parser
-        add_attention_parser(sub)
-    except ImportError:
-        pass
+    for name in SUBCOMMANDS:
+        module = _subcommand(name)
+        if module is not None:
+            module.add_parser(sub)
     return parser
 
 
@@ -169,25 +169,14 @@ def cmd_train(ns: argparse.Namespace) -> None:
         print(f"result written to {card['path']}")
 
 
-def cmd_eval(ns: argparse.Namespace) -> None:
-    from .eval import evaluate_checkpoint, format_result
-    given = {k: v for k, v in vars(ns).items() if v is not None and k != "command"}
-    card = evaluate_checkpoint(EvalConfig(**given))
-    print(format_result(card))
-    print(f"result written to {card['path']}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         if ns.command == "train":
             cmd_train(ns)
-        elif ns.command == "eval":
-            cmd_eval(ns)
-        elif ns.command == "attention":
-            from .analysis.attention import run_attention
-            run_attention(ns)
+        else:
+            _subcommand(ns.command).run(ns)
         return 0
     except UserError as e:
         print(f"dhat {ns.command}: error: {e}", file=sys.stderr)

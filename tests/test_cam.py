@@ -71,11 +71,12 @@ def test_grad_cam_leaves_no_trace():
 
 def test_renormalise_changes_upsampled_map_only_slightly():
     model = LinearCAMNet()
+    torch.manual_seed(0)
     x = torch.rand(4, 3, 8, 8)
     t = torch.tensor([0, 1, 2, 0])
     a = grad_cam(model, x, t, renormalise=True)
     b = grad_cam(model, x, t, renormalise=False)
     peak = a.amax((1, 2, 3))
-    assert bool(((peak - 1).abs() < 1e-5).all())  # every map re-stretched to reach 1
-    assert bool((a >= b - 1e-6).all())  # re-stretching a [0, 1] map never lowers a value
-    assert (a - b).abs().max() < 0.5
+    assert bool((((peak - 1).abs() < 1e-5) | (peak == 0)).all())  # re-stretched to 1 (or all-zero)
+    torch.testing.assert_close(a, minmax(b), atol=1e-6, rtol=0)  # the second min-max pass
+    assert (a - b).abs().max() > 0  # upsampling a 4x4 map to 8x8 does need it

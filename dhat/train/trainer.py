@@ -21,7 +21,7 @@ from ..eval.robust import correct_under, make_attack, per_class
 from ..methods import RunInfo, create_method, method_options
 from ..models import create_model, unwrap
 from ..modes import model_mode
-from .distributed import Dist, barrier, reduce_sums, setup_distributed
+from .distributed import barrier, reduce_sums, setup_distributed
 from .schedule import piecewise_lr
 
 
