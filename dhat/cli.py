@@ -77,9 +77,11 @@ def _add_train(sub) -> None:
         kw = _arg_type(f, hints)
         if f.name == "preset":
             g.add_argument("--preset", choices=sorted(PRESETS), default=None)
-        elif f.name == "model_args":
-            g.add_argument("--model-arg", dest="model_args", action="append", default=None,
-                           metavar="KEY=VALUE", help="model constructor argument, e.g. width=16")
+        elif f.name in ("model_args", "dataset_args"):
+            what = f.name.split("_")[0]
+            g.add_argument(f"--{what}-arg", dest=f.name, action="append", default=None,
+                           metavar="KEY=VALUE", help=f"{what} argument, e.g. "
+                           + ("width=16" if what == "model" else "rho=0.5 (shapes)"))
         elif f.name == "milestones":
             g.add_argument("--milestones", type=int, nargs="*", default=None)
         elif kw is not None:
@@ -131,8 +133,9 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in given.items() if k in fields}
     if method_args:
         overrides["method_args"] = method_args
-    if "model_args" in overrides:
-        overrides["model_args"] = dict(_key_value(kv) for kv in overrides["model_args"])
+    for key in ("model_args", "dataset_args"):
+        if key in overrides:
+            overrides[key] = dict(_key_value(kv) for kv in overrides[key])
     cfg = build_train_config(ns.config, **overrides)
     from .methods import method_options
     valid = method_options(cfg.method)

@@ -33,6 +33,7 @@ class TrainConfig:
     # data
     dataset: str = "shapes"
     data_root: str | None = None
+    dataset_args: dict = field(default_factory=dict)  # e.g. shapes: rho, n_train, background
     download: bool = False
     train_subset: int = 0          # 0 = the whole training set
     val_size: int = 1000           # held out from the training set, for model selection
@@ -114,14 +115,30 @@ PRESETS: dict[str, dict[str, Any]] = {
                   steps=2, val_steps=2, lr=0.05),
     "cifar10-standard": dict(dataset="cifar10", model="resnet18", method="standard",
                              epochs=110, milestones=[100, 105]),
-    "cifar10-pgd_at": dict(dataset="cifar10", model="wrn_28_10", method="pgd_at"),
-    "cifar10-uiat": dict(dataset="cifar10", model="wrn_28_10", method="uiat"),
-    "cifar10-dhat": dict(dataset="cifar10", model="wrn_28_10", method="dhat"),
     "cifar10-dhat-official": dict(dataset="cifar10", model="resnet18", method="dhat",
                                   epochs=100, milestones=[90, 95]),
-    "cifar100-uiat": dict(dataset="cifar100", model="wrn_28_10", method="uiat"),
-    "cifar100-dhat": dict(dataset="cifar100", model="wrn_28_10", method="dhat"),
 }
+
+
+# One preset per row of the paper's tables (paper-summary.txt): WRN-28-10, ε 8/255 on CIFAR,
+# ε 4/255 (step 1/255) on ImageNet-1K via an ImageNet-style class-folder dataset, and the
+# cross-architecture rows on CIFAR-10. Recipe otherwise as dhat.md: 110 epochs, ÷10 at 100, 105.
+_PAPER_ROWS = {
+    "cifar10": ["mart", "awp", "uiat", "sglr", "dhat", "dhat_cfa", "pgd_at", "trades"],
+    "cifar100": ["awp", "uiat", "dhat", "dhat_cfa"],
+    "imagenet": ["awp", "uiat", "dhat", "dhat_cfa"],
+}
+for _data, _methods in _PAPER_ROWS.items():
+    for _m in _methods:
+        _row = dict(dataset="imagefolder" if _data == "imagenet" else _data, model="wrn_28_10",
+                    method=_m, epochs=110, milestones=[100, 105])
+        if _data == "imagenet":
+            _row.update(eps=4 / 255, step_size=1 / 255)
+        PRESETS.setdefault(f"{_data}-{_m}", _row)
+for _arch in ("resnet50", "vgg16_bn", "inception_v3"):
+    for _m in ("uiat", "dhat_cfa"):
+        PRESETS[f"cifar10-{_arch}-{_m}"] = dict(dataset="cifar10", model=_arch, method=_m,
+                                                 epochs=110, milestones=[100, 105])
 
 
 def register_preset(name: str, **overrides: Any) -> None:
@@ -163,7 +180,7 @@ def build_train_config(yaml_path: str | None = None, preset: str | None = None,
         merged["preset"] = preset
     for layer in (data, overrides):
         for k, v in layer.items():
-            if k in ("method_args", "model_args") and isinstance(v, dict):
+            if k in ("method_args", "model_args", "dataset_args") and isinstance(v, dict):
                 merged[k] = {**merged.get(k, {}), **v}
             else:
                 merged[k] = v

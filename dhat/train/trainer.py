@@ -72,7 +72,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, **cfg.dataset_args)
         if cfg.train_subset:
             data.subset_train(cfg.train_subset, cfg.seed)
         train_idx, val_idx = validation_split(data.train_y, cfg.val_size, cfg.seed)
