@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                         "pass a last.pt/best.pt written by `dhat train`") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a dhat checkpoint (no '{FORMAT}' tag); for a plain "
-                        "state dict use `dhat eval --weights FILE --model NAME`")
+                        "state dict use `dhat eval --weights-file FILE --model NAME`")
     return state
 
 

@@ -87,7 +87,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """What `dhat eval` measures on one checkpoint."""
+    """What `dhat eval` measures on one checkpoint (or on a plain third-party state dict)."""
     checkpoint: str = ""
     weights: str = "model"         # or an extra model saved in the checkpoint, e.g. "fawa"
     dataset: str | None = None     # default: the checkpoint's training dataset
@@ -101,6 +101,16 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     out: str | None = None         # default: <checkpoint dir>/eval_<checkpoint stem>.json
+    weights_file: str | None = None   # a plain state dict (.pt/.safetensors) instead of a checkpoint
+    model: str | None = None          # its registered architecture
+    model_args: dict = field(default_factory=dict)
+    num_classes: int | None = None    # default: the rows of its final linear layer
+    normalization: str | None = None  # none | cifar10 | cifar100 | M,M,M/S,S,S (if it has no mean/std)
+    aa_n: int = 0                     # AutoAttack on the first N test images (0 = n_test)
+    curves: bool = False              # ε- and steps-curves, JSON + PNG beside the result
+    curves_n: int = 1000              # on the first N test images (0 = n_test)
+    sanity: bool = True               # sanity checks (cheap; warn loudly)
+    sanity_n: int = 100               # their subset size
 
 
 def config_hash(cfg) -> str:

@@ -1,0 +1,215 @@
+"""A thin adapter over the official AutoAttack (Croce & Hein, 2020), standard version.
+
+`run_autoattack` runs APGD-CE, APGD-T, FAB-T and Square (version='standard', L-inf) from the
+installed package, unchanged: the `autoattack` module (github.com/fra31/auto-attack) if it is
+importable, else the PyPI package `pyautoattack` (a packaged copy of the same code, with a
+keyword-only API). Neither is a hard dependency: `pip install --no-deps pyautoattack`.
+
+AutoAttack applies its attacks in cascade: each attack only sees the images that every
+earlier attack failed on, and reports the robust accuracy after it. The packages print those
+numbers but do not return them, so the adapter calls the package once per attack, in the
+standard order, on the images still robust (the package's own way to run a subset of its
+attacks: `attacks_to_run`). Every attack re-seeds itself per batch and the batches are the
+same images in the same order, so the cascade is the one a single call runs: the final robust
+accuracy equals `AutoAttack(...).run_standard_evaluation(x, y)` with the same seed and batch
+size (tests/test_eval_autoattack.py checks this).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..modes import frozen_params, model_mode
+
+STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+INSTALL_HINT = "pip install --no-deps pyautoattack   (or: pip install 'dhat[autoattack]')"
+
+
+def import_autoattack():
+    """(module, distribution name, version): `autoattack` if importable, else `pyautoattack`."""
+    for name in ("autoattack", "pyautoattack"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "AutoAttack"):
+            version = getattr(module, "__version__", None)
+            if version is None:
+                try:
+                    from importlib.metadata import version as dist_version
+                    version = dist_version(name)
+                except Exception:
+                    version = "unknown"
+            return module, name, str(version)
+    raise UserError(f"AutoAttack is not installed; install it with: {INSTALL_HINT}")
+
+
+def autoattack_available() -> bool:
+    try:
+        import_autoattack()
+        return True
+    except UserError:
+        return False
+
+
+class _Capture(logging.Handler):
+    """Collects the warnings AutoAttack's own checks log (randomness, probabilities, ...)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _build(module, name: str, model, *, eps: float, seed: int, device) -> Any:
+    if name == "pyautoattack":  # keyword-only API, logs through logging.getLogger('auto-attack')
+        aa = module.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed,
+                               device=device)
+    else:  # the official package: verbose prints to stdout
+        aa = module.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed,
+                               device=device, verbose=False)
+    return aa
+
+
+def _evaluate(aa, name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    """One run_standard_evaluation call -> (x_adv, y_adv) for either package."""
+    if name == "pyautoattack":
+        return aa.run_standard_evaluation(x, y, batch_size=batch_size)
+    return aa.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
+
+
+def reduce_budget(aa, *, n_iter: int | None = None, n_queries: int | None = None) -> None:
+    """Fewer iterations/queries than standard (tests and smoke runs only): the step-size
+    checkpoints APGD derives from `n_iter` in its constructor are recomputed the same way."""
+    if n_iter is not None:
+        for attack in (aa.apgd, aa.apgd_targeted):
+            attack.n_iter = attack.n_iter_orig = n_iter
+            attack.n_iter_2 = max(int(0.22 * n_iter), 1)
+            attack.n_iter_min = max(int(0.06 * n_iter), 1)
+            attack.size_decr = max(int(0.03 * n_iter), 1)
+        aa.fab.n_iter = n_iter
+    if n_queries is not None:
+        aa.square.n_queries = n_queries
+
+
+def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch_size: int = 250,
+                   device="cpu", seed: int = 0, n: int | None = None,
+                   n_iter: int | None = None, n_queries: int | None = None,
+                   return_flags: bool = False, progress: bool = False):
+    """Standard AutoAttack (L-inf) on the first `n` images of `x` (uint8 (N,3,H,W) or float in
+    [0, 1]) -> a JSON-ready dict:
+
+        robust_accuracy            the final robust accuracy (what AutoAttack reports)
+        clean_accuracy             accuracy before any attack (same images)
+        robust_accuracy_after      {attack: robust accuracy after it}, cumulative, in order
+        attacks, package, package_version, version, norm, eps, n, seed, batch_size,
+        n_target_classes, warnings (AutoAttack's own checks), seconds
+
+    `n_iter` / `n_queries` shrink APGD/FAB iterations and Square queries for tests; the result
+    is then marked version 'standard (reduced budget)'. With `return_flags`, also returns the
+    (n,) bool tensor of images robust to every attack.
+    """
+    module, name, version = import_autoattack()
+    if not 0 < eps <= 1:
+        raise UserError(f"AutoAttack eps must lie in (0, 1] in pixel units, got {eps}")
+    if n:
+        x, y = x[:n], y[:n]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x, y = x.cpu().contiguous(), y.cpu().long()
+    device = str(device)
+    t0 = time.perf_counter()
+    handler = _Capture()
+    aa_logger = logging.getLogger("auto-attack")
+    aa_logger.addHandler(handler)
+    propagate, aa_logger.propagate = aa_logger.propagate, False  # re-issued below as warnings
+    flagged: list[str] = []
+    try:
+        with model_mode(model, "eval"), frozen_params(model), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            robust, after, clean, standard, n_targets = _cascade(
+                module, name, model, x, y, eps=eps, seed=seed, device=device,
+                batch_size=batch_size, n_iter=n_iter, n_queries=n_queries, flagged=flagged,
+                progress=progress)
+    finally:
+        aa_logger.removeHandler(handler)
+        aa_logger.propagate = propagate
+    reduced = n_iter is not None or n_queries is not None
+    own = [str(w.message) for w in caught  # AutoAttack's checks warn with the bare Warning class
+           if w.category is Warning or f"{name}/" in w.filename.replace("\\", "/")]
+    for w in caught:  # anything else (e.g. a torch deprecation) passes through unchanged
+        if str(w.message) not in own:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for m in [*handler.messages, *own]:
+        if m not in flagged and "attacks_to_run" not in m:
+            flagged.append(m)
+    for m in flagged:
+        warnings.warn(f"AutoAttack: {m}", stacklevel=2)
+    result = {
+        "package": name, "package_version": version,
+        "version": "standard" if not reduced else
+                   f"standard (reduced budget: n_iter={n_iter}, n_queries={n_queries})",
+        "norm": "Linf", "eps": eps, "eps_255": round(eps * 255, 3), "n": len(y), "seed": seed,
+        "batch_size": batch_size, "attacks": standard, "n_target_classes": n_targets,
+        "clean_accuracy": clean,
+        "robust_accuracy_after": after,
+        "robust_accuracy": robust.float().mean().item() if len(y) else 0.0,
+        "warnings": flagged, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return (result, robust.clone()) if return_flags else result
+
+
+def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter, n_queries,
+             flagged, progress):
+    """Run the standard attacks one after another on the images still robust."""
+    with torch.no_grad():
+        num_classes = model(x[:1].to(device)).shape[-1]
+    aa = _build(module, name, model, eps=eps, seed=seed, device=device)
+    standard = list(aa.attacks_to_run)
+    if tuple(standard) != STANDARD_ATTACKS:  # a future version changed the ensemble: say so
+        flagged.append(f"{name} standard attacks are {standard}, expected {list(STANDARD_ATTACKS)}")
+    n_targets = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
+    if n_targets < aa.apgd_targeted.n_target_classes:  # fewer than 10 classes
+        aa.apgd_targeted.n_target_classes = n_targets
+        aa.fab.n_target_classes = n_targets
+    reduce_budget(aa, n_iter=n_iter, n_queries=n_queries)
+    if name == "pyautoattack":
+        aa.verbose = False
+    robust = torch.zeros(len(y), dtype=torch.bool)
+    after: dict[str, float] = {}
+    with torch.no_grad():  # the package's own clean pass uses the same batches
+        pred = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                for i in range(0, len(y), batch_size)]
+    clean = (torch.cat(pred) == y).float().mean().item() if len(y) else 0.0
+    for k, attack in enumerate(standard):
+        # The cascade: all images for the first attack (the package drops the misclassified
+        # ones itself), then only those that survived every earlier attack.
+        idx = torch.arange(len(y)) if k == 0 else robust.nonzero().flatten()
+        if len(idx) == 0:
+            after[attack] = 0.0
+            continue
+        aa.attacks_to_run = [attack]
+        quiet = contextlib.redirect_stdout(None) if name != "pyautoattack" else contextlib.nullcontext()
+        with quiet:
+            _, y_adv = _evaluate(aa, name, x[idx], y[idx], batch_size)
+        survived = y_adv.cpu() == y[idx]
+        robust[:] = False
+        robust[idx[survived]] = True
+        after[attack] = robust.float().mean().item()
+        if progress:
+            print(f"  autoattack: robust accuracy after {attack}: {100 * after[attack]:.2f}%")
+    try:  # AutoAttack's own check that Square did not beat the gradient attacks
+        checks = importlib.import_module(f"{name}.checks")
+        checks.check_square_sr({"clean": clean, **after}, logger=None)
+    except (ImportError, AttributeError, TypeError):
+        pass
+    return robust, after, clean, standard, n_targets

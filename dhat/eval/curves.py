@@ -1,0 +1,131 @@
+"""Robustness curves: accuracy against the budget ε and against the number of PGD steps.
+
+* ε-curve: PGD-20 (CE) and CW∞ (PGD-20 on the CW margin) at ε ∈ {2, 4, 6, 8, 10, 12, 16}/255,
+  step size ε/4 (2/255 at 8/255, and every point can cross its ball within 20 steps), uniform
+  random start; ε = 0 is the clean accuracy.
+* steps-curve: PGD (CE) with 1, 5, 10, 20, 50 steps at the evaluation ε and step size.
+
+A well-behaved evaluation gives curves that fall with ε (to ~0 at large ε) and flatten with
+steps. `monotone_violations` lists where they do not (the sanity checks report it).
+Plots use matplotlib (optional extra `dhat[plot]`), imported lazily, Agg canvas.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..attacks import pgd
+from .robust import correct_under
+
+EPS_255 = (2, 4, 6, 8, 10, 12, 16)
+STEPS = (1, 5, 10, 20, 50)
+
+
+def _acc(model, x, y, attack, batch_size, device, seed) -> float:
+    torch.manual_seed(seed)
+    return correct_under(model, x, y, attack, batch_size=batch_size, device=device).float().mean().item()
+
+
+def robustness_curves(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
+                      step_size: float = 2 / 255, eps_255: Sequence[float] = EPS_255,
+                      steps: Sequence[int] = STEPS, batch_size: int = 256, device="cpu",
+                      seed: int = 0, progress: bool = False) -> dict:
+    """Accuracy (fractions) on images x (uint8 or float in [0, 1]) -> a JSON-ready dict:
+    {"n", "clean", "eps": {"eps_255", "pgd20", "cw", ...}, "steps": {"steps", "pgd", ...}}."""
+    clean = _acc(model, x, y, None, batch_size, device, seed)
+    pgd20, cw = [clean], [clean]
+    for e in eps_255:
+        e_ = e / 255
+        for loss, out in (("ce", pgd20), ("cw", cw)):
+            attack = (lambda m, a, b, e_=e_, loss=loss: pgd(
+                m, a, b, eps=e_, step_size=e_ / 4, steps=20, loss=loss, init="uniform", bn_mode="eval"))
+            out.append(_acc(model, x, y, attack, batch_size, device, seed))
+        if progress:
+            print(f"  curves: eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  CW {100 * cw[-1]:.2f}")
+    by_steps = []
+    for k in steps:
+        attack = (lambda m, a, b, k=k: pgd(m, a, b, eps=eps, step_size=step_size, steps=k,
+                                           loss="ce", init="uniform", bn_mode="eval"))
+        by_steps.append(_acc(model, x, y, attack, batch_size, device, seed))
+        if progress:
+            print(f"  curves: PGD-{k}  {100 * by_steps[-1]:.2f}")
+    return {
+        "n": len(y), "clean": clean, "seed": seed,
+        "eps": {"eps_255": [0, *eps_255], "pgd20": pgd20, "cw": cw, "steps": 20,
+                "step_size": "eps/4", "init": "uniform"},
+        "steps": {"steps": list(steps), "pgd": by_steps, "eps_255": round(eps * 255, 3),
+                  "step_size_255": round(step_size * 255, 3), "init": "uniform"},
+    }
+
+
+def _noise(p: float, n: int) -> float:
+    """Two binomial standard errors plus one image: differences below this are noise."""
+    return 2 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)) + 1 / max(n, 1)
+
+
+def monotone_violations(curves: dict) -> list[str]:
+    """Where accuracy rises with ε or with steps by more than noise."""
+    n = curves.get("n", 0)
+    out = []
+    e = curves["eps"]
+    for key in ("pgd20", "cw"):
+        acc = e[key]
+        for i in range(1, len(acc)):
+            if acc[i] - min(acc[:i]) > _noise(acc[i], n):
+                out.append(f"{key} accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
+                           f"at eps {e['eps_255'][i]}/255")
+                break
+    s = curves["steps"]
+    acc = s["pgd"]
+    for i in range(1, len(acc)):
+        if acc[i] - min(acc[:i]) > _noise(acc[i], n):
+            out.append(f"PGD accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
+                       f"at {s['steps'][i]} steps")
+            break
+    return out
+
+
+def _figure(ncols: int, width: float = 5.0):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        from ..errors import UserError
+        raise UserError("plots need matplotlib: pip install matplotlib   (or 'dhat[plot]')") from None
+    fig = Figure(figsize=(width * ncols, 3.8))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+    """One figure, two panels (accuracy vs ε: PGD-20 solid, CW dashed; accuracy vs PGD steps),
+    one colour per run. `runs` = [(label, curves dict)]. Writes a PNG and returns its path."""
+    from ..checkpoint import atomic_write
+    fig = _figure(2)
+    ax_e, ax_s = fig.subplots(1, 2)
+    for i, (label, c) in enumerate(runs):
+        colour = f"C{i % 10}"
+        ax_e.plot(c["eps"]["eps_255"], [100 * v for v in c["eps"]["pgd20"]], "-o", ms=3,
+                  color=colour, label=f"{label} PGD-20")
+        ax_e.plot(c["eps"]["eps_255"], [100 * v for v in c["eps"]["cw"]], "--s", ms=3,
+                  color=colour, label=f"{label} CW")
+        ax_s.plot(c["steps"]["steps"], [100 * v for v in c["steps"]["pgd"]], "-o", ms=3,
+                  color=colour, label=f"{label} (ε={c['steps']['eps_255']:g}/255)")
+    ax_e.set_xlabel("ε (/255)")
+    ax_e.set_ylabel("accuracy (%)")
+    ax_e.set_title("accuracy under attack vs budget")
+    ax_s.set_xscale("log")
+    ax_s.set_xlabel("PGD steps")
+    ax_s.set_ylabel("accuracy (%)")
+    ax_s.set_title("accuracy vs PGD steps")
+    for ax in (ax_e, ax_s):
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return path
