@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.registry import cam_layer, unwrap_parallel
+from .models.registry import cam_layer, unwrap
 from .modes import BNMode, frozen_params, model_mode
 
 
@@ -30,7 +30,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
     The map is a constant (detached). The model's mode, parameter gradients and hooks are
     left exactly as they were; `layer` defaults to the model's `cam_layer`.
     """
-    model = unwrap_parallel(model)
+    model = unwrap(model)  # eager: a hooked activation inside a compiled graph has no grad path
     module = cam_layer(model, layer)
     store: dict[str, torch.Tensor] = {}
 

@@ -11,7 +11,8 @@ import sys
 import typing
 from typing import Any
 
-from .config import EvalConfig, PRESETS, TrainConfig, build_train_config, parse_number
+from .config import (EvalConfig, PRESETS, TrainConfig, build_train_config, parse_key_value,
+                     parse_number)
 from .errors import UserError
 
 _NUMERIC = {"eps", "step_size", "lr", "lr_gamma", "momentum", "weight_decay"}
@@ -135,7 +136,8 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
         overrides["method_args"] = method_args
     for key in ("model_args", "dataset_args"):
         if key in overrides:
-            overrides[key] = dict(_key_value(kv) for kv in overrides[key])
+            flag = f"--{key.split('_')[0]}-arg"
+            overrides[key] = dict(parse_key_value(kv, flag) for kv in overrides[key])
     cfg = build_train_config(ns.config, **overrides)
     from .methods import method_options
     valid = method_options(cfg.method)
@@ -144,18 +146,6 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
         raise UserError(f"method '{cfg.method}' has no option --{stray[0].replace('_', '-')}; "
                         f"its options: {', '.join(sorted(valid))}")
     return cfg
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise UserError(f"--model-arg wants KEY=VALUE, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def cmd_train(ns: argparse.Namespace) -> None:

@@ -27,6 +27,19 @@ def parse_number(v: Any) -> float:
         raise UserError(f"not a number: {v!r} (write e.g. 0.031 or 8/255)") from None
 
 
+def parse_key_value(text: str, flag: str = "--model-arg") -> tuple[str, Any]:
+    """'width=16' -> ('width', 16); values become int, float, bool or stay strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"{flag} wants KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Budgets are in [0, 1] pixel units (8/255)."""
@@ -142,13 +155,21 @@ for _data, _methods in _PAPER_ROWS.items():
     for _m in _methods:
         _row = dict(dataset="imagefolder" if _data == "imagenet" else _data, model="wrn_28_10",
                     method=_m, epochs=110, milestones=[100, 105])
-        if _data == "imagenet":
-            _row.update(eps=4 / 255, step_size=1 / 255)
+        if _data == "imagenet":  # WRN-28-10 at 224 px is infeasible: downsampled ImageNet, 64 px
+            _row.update(eps=4 / 255, step_size=1 / 255, dataset_args={"resolution": 64})
         PRESETS.setdefault(f"{_data}-{_m}", _row)
 for _arch in ("resnet50", "vgg16_bn", "inception_v3"):
     for _m in ("uiat", "dhat_cfa"):
         PRESETS[f"cifar10-{_arch}-{_m}"] = dict(dataset="cifar10", model=_arch, method=_m,
                                                  epochs=110, milestones=[100, 105])
+
+
+for _m in ("pgd_at", "uiat", "dhat", "dhat_cfa"):  # full-resolution ImageNet, ResNet-50
+    PRESETS[f"imagenet224-resnet50-{_m}"] = dict(
+        dataset="imagefolder", dataset_args={"resolution": 224}, model="resnet50",
+        model_args={"variant": "imagenet"}, method=_m, eps=4 / 255, step_size=1 / 255,
+        val_size=10000, epochs=90, milestones=[30, 60], batch_size=256, lr=0.1,
+        weight_decay=1e-4, amp="bf16", channels_last=True)
 
 
 def register_preset(name: str, **overrides: Any) -> None:

@@ -19,6 +19,27 @@ def cifar_root():
     return CIFAR_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for tests running many tiny batches (AutoAttack, sanity checks):
+    avoids OpenMP oversubscription on shared CPUs. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL_MODEL_KWARGS = {
+    "preact_resnet18": dict(width=8), "resnet18": dict(width=8), "small_cnn": dict(width=4),
+    "wrn_28_10": {}, "wrn_34_10": {}, "wide_resnet": dict(depth=10, widen=1),
+    "resnet50": dict(width=8), "vgg16_bn": dict(width=8), "inception_v3": dict(width_mult=0.125)}
+
+
+def small_model_kwargs(name):
+    """Constructor arguments that make a registered model small enough for CPU tests."""
+    return SMALL_MODEL_KWARGS.get(name, {})
+
+
 def blobs(n=256, seed=0, classes=4):
     """A learnable toy problem: each class is a constant colour plus noise."""
     g = torch.Generator().manual_seed(seed)

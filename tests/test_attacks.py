@@ -6,6 +6,8 @@ import dhat
 from dhat.attacks import cw_margin_loss, dhat_inverse_loss, inverse_pgd, pgd
 from dhat.models import list_models
 
+from conftest import small_model_kwargs
+
 EPS, ALPHA = 8 / 255, 2 / 255
 
 
@@ -34,8 +36,7 @@ def test_pgd_stays_in_ball_and_box(trained_tiny, loss, init):
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_attack_stays_in_eps(name):
-    kw = {"wide_resnet": dict(depth=10, widen=1), "wrn_28_10": {}, "wrn_34_10": {}}.get(name, {"width": 4})
-    model = dhat.create_model(name, **kw)
+    model = dhat.create_model(name, **small_model_kwargs(name))
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
     adv = pgd(model, x, y, eps=EPS, step_size=ALPHA, steps=2)
     inv = inverse_pgd(model, x, y, eps=EPS / 2, step_size=ALPHA, steps=2, x_adv=adv)

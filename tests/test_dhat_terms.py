@@ -109,3 +109,39 @@ def test_every_method_gives_finite_loss():
         loss.backward()
         method.after_step(model)
         assert math.isfinite(loss.item()), name
+
+
+def test_batched_forward_equals_three_passes():
+    import copy
+    from dhat.methods.batched import forward_parts
+    torch.manual_seed(0)
+    a = dhat.create_model("preact_resnet18", width=4).double().train()
+    b = copy.deepcopy(a)
+    xs = [torch.rand(5, 3, 32, 32, dtype=torch.float64) for _ in range(3)]
+    separate = [a(x) for x in xs]
+    batched = forward_parts(b, xs)
+    for s, t in zip(separate, batched):
+        torch.testing.assert_close(s, t, atol=1e-12, rtol=0)
+    for k, v in a.state_dict().items():  # running statistics moved exactly as by 3 passes
+        torch.testing.assert_close(v, b.state_dict()[k], atol=1e-12, rtol=0)
+    sum(s.square().sum() for s in separate).backward()
+    sum(t.square().sum() for t in batched).backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10)
+    assert all("forward" not in m.__dict__ for m in b.modules())  # patch removed
+
+
+def test_dhat_batched_forward_gives_the_same_loss():
+    import copy
+    torch.manual_seed(0)
+    model = dhat.create_model("small_cnn", width=4).double().train()
+    x, y = torch.rand(6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (6,))
+    losses = []
+    for batched in (False, True):
+        m = copy.deepcopy(model)
+        method = create_method("dhat", steps=1, batched_forward=batched)
+        method.setup(RunInfo(10, 6, 1, torch.device("cpu")))
+        torch.manual_seed(1)
+        inputs = method.inputs(m, Batch(x, y, torch.arange(6)))
+        losses.append(method.objective(m, Batch(x, y, torch.arange(6)), inputs)[0])
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-10, rtol=0)

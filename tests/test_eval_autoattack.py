@@ -13,13 +13,7 @@ aa_pkg = pytest.importorskip("pyautoattack")
 from dhat.attacks import autoattack as adapter  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """AutoAttack runs many tiny batches: one thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs10(n, seed):

@@ -10,12 +10,7 @@ from dhat.checkpoint import save_checkpoint
 from dhat.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def card(method, clean, pgd10, cw, aa=None, gap=None, **extra):

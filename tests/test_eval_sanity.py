@@ -8,12 +8,7 @@ from dhat.eval import sanity
 from dhat.eval.curves import monotone_violations, robustness_curves
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def colours(n, seed, classes=4, size=16):

@@ -12,12 +12,7 @@ from dhat.errors import UserError
 from dhat.eval.thirdparty import load_weights_file, parse_normalization
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # An independent reference: the widespread CIFAR ResNet-18 (kuangliu/pytorch-cifar layout), no

@@ -5,13 +5,7 @@ import dhat
 from dhat.errors import UserError
 from dhat.models import cam_layer, list_models
 
-SMALL = {"preact_resnet18": dict(width=8), "resnet18": dict(width=8), "small_cnn": dict(width=4),
-         "wrn_28_10": {}, "wrn_34_10": {}, "wide_resnet": dict(depth=10, widen=1)}
-
-
-def kwargs_for(name):
-    return SMALL.get(name, {})
-
+from conftest import small_model_kwargs
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_forward_backward(name):
@@ -20,7 +14,7 @@ def test_every_model_forward_backward(name):
         model = dhat.create_model(name, num_classes=10)
         x = torch.rand(2, 3, 32, 32)
     else:
-        model = dhat.create_model(name, num_classes=7, **kwargs_for(name))
+        model = dhat.create_model(name, num_classes=7, **small_model_kwargs(name))
         x = torch.rand(3, 3, 32, 32)
     out = model(x)
     assert out.shape == (len(x), model.num_classes)

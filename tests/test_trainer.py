@@ -120,3 +120,26 @@ def test_train_then_eval_writes_result_json(tmp_path, capsys):
     assert 0 <= acc["pgd10"] <= acc["clean"] <= 1 and math.isclose(card["eps"], 8 / 255)
     g = card["robust_gap"]
     assert g["gap"] == pytest.approx(g["train"] - g["test"]) and g["test"] == acc["pgd10"]
+
+
+def _public_methods():
+    from dhat.methods import list_methods
+    return [m for m in list_methods() if not m.startswith("_")]
+
+
+@pytest.mark.parametrize("method", _public_methods())
+def test_cli_trains_every_method(tmp_path, method):
+    assert run(tmp_path, "--method", method, "--epochs", "1") == 0
+    rec = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(rec["loss"]) and rec["images"] == 160
+
+
+def test_every_preset_is_a_valid_config():
+    from dhat.config import PRESETS, build_train_config
+    from dhat.data import list_datasets
+    from dhat.methods import list_methods
+    from dhat.models import list_models
+    for name in PRESETS:
+        cfg = build_train_config(preset=name)
+        assert cfg.model in list_models() and cfg.method in list_methods(), name
+        assert cfg.dataset in list_datasets(), name

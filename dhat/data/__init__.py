@@ -4,7 +4,7 @@ from .cifar import load_cifar
 from .datasets import DataBundle, list_datasets, load_dataset, register_dataset
 from .loader import Batch, BatchLoader
 from .splits import validation_split
-from . import shapes  # noqa: F401  (registers the built-in 'shapes' dataset)
+from . import imagefolder, shapes  # noqa: F401  (register 'imagefolder*' and 'shapes')
 
 __all__ = ["random_crop_flip", "load_cifar", "DataBundle", "list_datasets", "load_dataset",
            "register_dataset", "Batch", "BatchLoader", "validation_split"]

@@ -6,21 +6,8 @@ import argparse
 import sys
 import warnings
 
-from ..config import EvalConfig, parse_number
-from ..errors import UserError
+from ..config import EvalConfig, parse_key_value, parse_number
 from .evaluate import evaluate_checkpoint, format_result
-
-
-def _key_value(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--model-arg wants KEY=VALUE, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
 def add_parser(sub) -> None:
@@ -77,7 +64,7 @@ def add_parser(sub) -> None:
 def options_from_args(ns: argparse.Namespace) -> EvalConfig:
     given = {k: v for k, v in vars(ns).items() if v is not None and k not in ("command", "progress")}
     if "model_args" in given:
-        given["model_args"] = dict(_key_value(kv) for kv in given["model_args"])
+        given["model_args"] = dict(parse_key_value(kv) for kv in given["model_args"])
     if given.get("checkpoint") is None:
         given["checkpoint"] = ""
     return EvalConfig(**given)

@@ -54,7 +54,9 @@ def training_images(data: DataBundle, cfg: dict[str, Any], n: int) -> tuple[torc
     train_idx, _ = validation_split(data.train_y, cfg.get("val_size", 0), seed)
     order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))]
     pick = order[:n]
-    return data.train_x[pick], data.train_y[pick]
+    view = getattr(data, "train_view", None)     # e.g. imagefolder: center crop to the resolution
+    x = data.train_x[pick]
+    return (view(x) if view else x), data.train_y[pick]
 
 
 def attack_settings(attacks, eps: float, step_size: float) -> dict[str, str]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..attacks import inverse_pgd
 from ..cam import grad_cam
+from .batched import forward_parts
 from .base import accuracy
 from .registry import register_method
 from .standard import Adversarial
@@ -95,6 +96,8 @@ class DHAT(Adversarial):
     cam_model: "self" (the model being trained, eval mode, detached) or the path of a
     checkpoint of a standard-trained model (the official frozen Grad-CAM network).
     cam_layer: Grad-CAM layer path; empty = the CAM model's default (last conv stage).
+    batched_forward: compute ẑ, ž, ž_B in one pass with per-part BatchNorm statistics
+    (identical to three passes; see `batched.forward_parts`).
     """
 
     name = "dhat"
@@ -107,6 +110,7 @@ class DHAT(Adversarial):
     inverse_loss: Literal["official", "ce"] = "official"
     cam_model: str = "self"
     cam_layer: str = ""
+    batched_forward: bool = False
 
     def setup(self, info):
         super().setup(info)
@@ -133,9 +137,11 @@ class DHAT(Adversarial):
                 "fg_frac": 1.0 - keep.mean()}
 
     def objective(self, model, batch, inputs):
-        z_adv = model(inputs["x_adv"])
-        z_inv = model(inputs["x_inv"])
-        z_bg = model(inputs["x_bg"])
+        xs = [inputs["x_adv"], inputs["x_inv"], inputs["x_bg"]]
+        if self.batched_forward:
+            z_adv, z_inv, z_bg = forward_parts(model, xs)
+        else:
+            z_adv, z_inv, z_bg = (model(x) for x in xs)
         return self.combine(z_adv, z_inv, z_bg, batch.y, inputs)
 
     def combine(self, z_adv, z_inv, z_bg, y, inputs):

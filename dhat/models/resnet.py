@@ -89,3 +89,34 @@ class ResNet(Classifier):
 @register_model("resnet18")
 def resnet18(num_classes=10, mean=None, std=None, width=64):
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, width, mean, std)
+
+
+class ImageNetResNet(ResNet):
+    """The ImageNet stem (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool) on the same
+    stages; for inputs of ~64 px and up (224 px: a 7x7 `layer4` map for Grad-CAM)."""
+
+    def __init__(self, block, num_blocks, num_classes=10, width=64, mean=None, std=None):
+        super().__init__(block, num_blocks, num_classes, width, mean, std)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+
+    def logits(self, x):
+        out = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in ("cifar", "imagenet"):
+        raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
+
+
+@register_model("resnet50")
+def resnet50(num_classes=10, mean=None, std=None, width=64, variant="cifar"):
+    """ResNet-50 (Bottleneck, 3-4-6-3). `variant="cifar"`: 3x3 stride-1 stem, no max-pool (as
+    the official DHAT code's CIFAR ResNets; 32 px -> 4x4 `layer4`); `"imagenet"`: 7x7/2 stem
+    and max-pool (224 px -> 7x7 `layer4`). Adaptive pooling: any resolution runs."""
+    _check_variant(variant)
+    cls = ResNet if variant == "cifar" else ImageNetResNet
+    return cls(Bottleneck, (3, 4, 6, 3), num_classes, width, mean, std)

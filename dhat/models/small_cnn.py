@@ -9,15 +9,24 @@ from .registry import register_model
 
 
 class SmallCNN(Classifier):
-    """Four 3x3 conv layers with BN: (B, 3, H, W) in [0, 1] -> (B, C). Grad-CAM layer: `features`."""
+    """Four 3x3 conv layers: (B, 3, H, W) in [0, 1] -> (B, C). Grad-CAM layer: `features`.
+
+    `norm="bn"` (default): conv (no bias) + BatchNorm + ReLU. `norm="none"`: conv with bias +
+    ReLU, no batch statistics, so a step's result does not depend on how the batch is split
+    (used to check DDP against one process).
+    """
 
     cam_layer = "features"
 
-    def __init__(self, num_classes=10, width=16, mean=None, std=None):
+    def __init__(self, num_classes=10, width=16, mean=None, std=None, norm="bn"):
         super().__init__(num_classes, mean, std)
+        if norm not in ("bn", "none"):
+            raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
         w = width
 
         def block(cin, cout, stride):
+            if norm == "none":
+                return [nn.Conv2d(cin, cout, 3, stride, 1, bias=True), nn.ReLU()]
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.features = nn.Sequential(*block(3, w, 1), *block(w, 2 * w, 2),
@@ -29,5 +38,5 @@ class SmallCNN(Classifier):
 
 
 @register_model("small_cnn")
-def small_cnn(num_classes=10, mean=None, std=None, width=16):
-    return SmallCNN(num_classes, width, mean, std)
+def small_cnn(num_classes=10, mean=None, std=None, width=16, norm="bn"):
+    return SmallCNN(num_classes, width, mean, std, norm)

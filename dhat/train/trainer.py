@@ -17,11 +17,12 @@ from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig, save_yaml
 from ..data import BatchLoader, load_dataset, validation_split
 from ..errors import UserError
-from ..eval.robust import correct_under, make_attack, per_class
+from ..eval.robust import correct_under, make_attack
 from ..methods import RunInfo, create_method, method_options
 from ..models import create_model, unwrap
 from ..modes import model_mode
-from .distributed import barrier, reduce_sums, setup_distributed
+from .distributed import (all_ranks, all_reduce_sum, barrier, broadcast_module,
+                          cleanup_distributed, rank_seed, reduce_sums, setup_distributed, shard)
 from .schedule import piecewise_lr
 
 
@@ -52,7 +53,13 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.dist, self.device = setup_distributed(cfg.device)
         self._check_out_dir(resume, overwrite)
-        self.resume = resume and (self.out / "last.pt").is_file()
+        here = resume and (self.out / "last.pt").is_file()
+        everywhere = all_ranks(here, self.dist, self.device)       # both collectives on all ranks
+        nowhere = all_ranks(not here, self.dist, self.device)
+        self.resume = everywhere
+        if not (everywhere or nowhere):
+            raise UserError(f"only some processes see {self.out / 'last.pt'}; under torchrun the "
+                            "run directory must be on a filesystem that every node shares")
 
     def _check_out_dir(self, resume: bool, overwrite: bool) -> None:
         taken = self.out.is_dir() and any(self.out.iterdir())
@@ -77,7 +84,9 @@ class Trainer:
             data.subset_train(cfg.train_subset, cfg.seed)
         train_idx, val_idx = validation_split(data.train_y, cfg.val_size, cfg.seed)
         self.data = data
-        self.val = (data.train_x[val_idx], data.train_y[val_idx])
+        view = getattr(data, "train_view", None)   # stored images -> model inputs (imagefolder)
+        val_x = data.train_x[val_idx]
+        self.val = (view(val_x) if view else val_x, data.train_y[val_idx])
         gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.batch_size % d.world_size:
             raise UserError(f"--batch-size {cfg.batch_size} must divide by the "
@@ -85,7 +94,9 @@ class Trainer:
         self.loader = BatchLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.batch_size,
                                   shuffle=True, augment=cfg.augment, drop_last=False,
                                   generator=gen, device=self.device, rank=d.rank,
-                                  world_size=d.world_size)
+                                  world_size=d.world_size,
+                                  augment_fn=getattr(data, "train_augment", None),
+                                  view_fn=view)
         self.model_spec = dict(name=cfg.model, num_classes=data.num_classes,
                                mean=list(data.mean), std=list(data.std), kwargs=dict(cfg.model_args))
         model = create_model(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std,
@@ -158,6 +169,7 @@ class Trainer:
         barrier(d)
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
+            broadcast_module(self.model, d)    # rank 0's BN statistics: every rank validates it
             record.update(self._validate())
             record.update(self.method.end_epoch(unwrap(self.model), epoch,
                                                 {"val_class_acc": record.pop("_val_class_acc")}))
@@ -182,6 +194,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.net.train()
+        if d.enabled:   # distinct attack noise per rank; an epoch-boundary resume stays exact
+            torch.manual_seed(rank_seed(cfg.seed, epoch, d.rank))
         self.method.start_epoch(epoch)
         sums: dict[str, float] = {}
         n_seen, t0 = 0, time.perf_counter()
@@ -192,7 +206,7 @@ class Trainer:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
             with autocast(cfg, self.device):
                 loss, metrics = self.method(self.net, batch)
-            if not math.isfinite(loss.item()):
+            if not all_ranks(math.isfinite(loss.item()), d, self.device):  # all ranks stop together
                 bad = next((k for k, v in metrics.items() if not math.isfinite(v)), "loss")
                 raise TrainingDiverged(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1} (term '{bad}' = "
@@ -220,17 +234,27 @@ class Trainer:
                 "images": int(n), "seconds": round(secs, 3), "images_per_s": round(n / secs, 2)}
 
     def _validate(self) -> dict[str, Any]:
-        cfg = self.cfg
+        """Clean and PGD accuracy on the held-out split; under DDP each rank attacks a strided
+        share and the per-class counts are summed, so every rank gets the same numbers."""
+        cfg, d = self.cfg, self.dist
         x, y = self.val
         if len(y) == 0:
             return {"val_clean_acc": float("nan"), "val_robust_acc": 0.0, "_val_class_acc": None}
         attack = make_attack(f"pgd{cfg.val_steps}", cfg.eps, cfg.step_size)
         model = unwrap(self.model)
+        part = shard(len(y), d)
+        x, y = x[part], y[part]
         clean = correct_under(model, x, y, None, batch_size=256, device=self.device)
         robust = correct_under(model, x, y, attack, batch_size=256, device=self.device)
-        return {"val_clean_acc": clean.float().mean().item(),
-                "val_robust_acc": robust.float().mean().item(),
-                "_val_class_acc": per_class(robust, y, self.data.num_classes)}
+        k = self.data.num_classes
+        y = y.cpu()
+        counts = torch.stack([torch.bincount(y, minlength=k), torch.bincount(y[clean], minlength=k),
+                              torch.bincount(y[robust], minlength=k)]).double()
+        total, clean_hits, robust_hits = all_reduce_sum(counts, d, self.device)
+        n = total.sum()
+        return {"val_clean_acc": (clean_hits.sum() / n).item(),
+                "val_robust_acc": (robust_hits.sum() / n).item(),
+                "_val_class_acc": robust_hits / total}
 
 
 def _from_random_state(state):
@@ -252,4 +276,8 @@ def _summary(r: dict[str, Any]) -> str:
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train per `cfg`; returns the run directory."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup_distributed(trainer.dist)

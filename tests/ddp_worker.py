@@ -1,0 +1,64 @@
+"""One training run for tests/test_distributed.py, as a script torchrun can start.
+
+`python tests/ddp_worker.py OUT_DIR JSON [PARAMS_DIR]` trains `TrainConfig(**BASE, **JSON)`
+on the "blobs" toy dataset (registered here: torchrun's processes do not run conftest.py);
+JSON may hold `"resume": true`. Under `torchrun --nproc_per_node 2` every process runs it and
+the trainer joins the group. With PARAMS_DIR, each rank saves its final parameters there as
+rank<R>.pt (to check that DDP kept them equal).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import blobs  # noqa: E402  (the same toy data as the pytest process)
+
+from dhat.config import TrainConfig  # noqa: E402
+from dhat.data import DataBundle, list_datasets, register_dataset  # noqa: E402
+from dhat.train import Trainer  # noqa: E402
+
+BASE = dict(dataset="blobs", model="small_cnn", model_args={"width": 4}, epochs=1, batch_size=32,
+            val_size=40, steps=1, val_steps=1, lr=0.05, milestones=[], progress=False,
+            device="cpu")
+
+
+def register_blobs() -> None:
+    """The dataset of tests/conftest.py's `blobs_dataset` fixture (4 classes, 32x32)."""
+    if "blobs" in list_datasets():
+        return
+
+    @register_dataset("blobs")
+    def _blobs(root=None, **_):
+        x, y = blobs(n=200, seed=1)
+        tx, ty = blobs(n=64, seed=2)
+        u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
+        return DataBundle("blobs", u8(x), y, u8(tx), ty, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                          ["a", "b", "c", "d"])
+
+
+def run(out_dir: str, overrides: dict, params_dir: str | None = None) -> Path:
+    register_blobs()
+    overrides = dict(overrides)
+    resume = overrides.pop("resume", False)
+    trainer = Trainer(TrainConfig(**{**BASE, **overrides, "out_dir": out_dir}), resume=resume,
+                      overwrite=not resume)
+    out = trainer.fit()
+    if params_dir:
+        Path(params_dir).mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()},
+                   Path(params_dir) / f"rank{trainer.dist.rank}.pt")
+    return out
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    run(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
+        sys.argv[3] if len(sys.argv) > 3 else None)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
