@@ -50,6 +50,10 @@ def train_config(args, name: str, seed: int) -> TrainConfig:
 
 
 def run_one(args, name: str, seed: int) -> dict:
+    """Train (or resume) and evaluate one variant; a finished variant's card is reused."""
+    done = args.out / f"{name}_s{seed}.json"
+    if done.is_file() and "variant" in (card := json.loads(done.read_text())):
+        return card
     cfg = train_config(args, name, seed)
     run_dir = Path(cfg.out_dir)
     t0 = time.perf_counter()
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--n-test", type=int, default=0)
     p.add_argument("--gap-train-images", type=int, default=2000)
-    p.add_argument("--aa-n", type=int, default=1000)
+    p.add_argument("--aa-n", type=int, default=200,
+                   help="standard AutoAttack on the first N test images (~2 min per 100 images per model here)")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +152,8 @@ def main(argv=None) -> int:
             (args.out / "results.md").write_text(table(cards, args) + "\n")
     plot(cards, args.out / "learning_curves.png")
     for card in cards if args.aa_n else []:  # AutoAttack last: the slowest, and optional
+        if card.get("autoattack", {}).get("n") == args.aa_n:
+            continue
         add_autoattack(args, card)
         print(f"[{time.strftime('%H:%M:%S')}] AA {card['variant']} seed {card['seed']}: "
               f"{card['accuracy']['aa']:.4f}", flush=True)

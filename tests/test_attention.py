@@ -217,3 +217,25 @@ def test_cli_user_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets._DATASETS, "nomask", lambda root=None, **_: bundle)
     with pytest.raises(UserError, match="no ground-truth masks"):
         att.run_attention(_parse([str(ckpt), "--dataset", "nomask", "--device", "cpu"]))
+
+
+def test_cli_boxes_become_masks(tmp_path, monkeypatch):
+    from dhat.data import datasets
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    model = create_model("small_cnn", num_classes=10, width=4).eval()
+    monkeypatch.setattr(att, "_load_model", lambda path, device: model)
+    bundle = datasets.DataBundle("boxed", torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
+                                 torch.zeros(6, dtype=torch.long),
+                                 torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8),
+                                 torch.arange(6) % 10, 10, (0.5,) * 3, (0.5,) * 3)
+    monkeypatch.setitem(datasets._DATASETS, "boxed", lambda root=None, **_: bundle)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([[0, 0, 16, 16]] * 4))        # boxes for the first 4 images
+    res = att.run_attention(_parse([str(ckpt), "--dataset", "boxed", "--boxes", str(boxes),
+                                    "--device", "cpu", "--out", str(tmp_path / "a.json")]))
+    assert res["n"] == 4 and res["mask_area"] == pytest.approx(0.25)
+    boxes.write_text(json.dumps([[1, 2, 3]]))
+    with pytest.raises(UserError, match="--boxes"):
+        att.run_attention(_parse([str(ckpt), "--dataset", "boxed", "--boxes", str(boxes),
+                                  "--device", "cpu"]))

@@ -324,6 +324,9 @@ def add_attention_parser(subparsers):
     p.add_argument("--dataset", default="shapes", help="a dataset with test masks (default shapes)")
     p.add_argument("--data-root", default=None, help="dataset folder (where it needs one)")
     p.add_argument("--n", type=int, default=2000, help="test images to analyse (default 2000)")
+    p.add_argument("--boxes", default=None,
+                   help="bounding boxes instead of masks: a .pt/.json file of (N, 4) or (N, K, 4) "
+                        "x1,y1,x2,y2 pixel boxes for the first N test images (become masks)")
     p.add_argument("--threshold", type=float, default=0.5, help="attention = cam >= threshold")
     p.add_argument("--inverse-eps", nargs="+", default=None, metavar="EPS",
                    help="also analyse inverse-adversarial images at these budgets "
@@ -351,6 +354,19 @@ def _dataset_kwargs(name: str) -> dict:
     return {"n_train": 0} if name == "shapes" else {}
 
 
+def _masks_from_boxes_file(path: str, size) -> torch.Tensor:
+    """(N, H, W) bool masks from a .pt (weights-only) or .json file of boxes."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--boxes: {p} does not exist")
+    try:
+        boxes = (json.loads(p.read_text()) if p.suffix == ".json"
+                 else torch.load(p, map_location="cpu", weights_only=True))
+        return boxes_to_masks(boxes, *size)
+    except (ValueError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+        raise UserError(f"--boxes: {p} is not an (N, 4) or (N, K, 4) box array ({e})") from None
+
+
 def _fmt(v: float) -> str:
     return "   n/a" if v != v else f"{v:6.3f}"
 
@@ -371,6 +387,10 @@ def run_attention(args) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available here")
     bundle = load_dataset(args.dataset, root=args.data_root, **_dataset_kwargs(args.dataset))
+    if getattr(args, "boxes", None):
+        bundle.test_masks = _masks_from_boxes_file(args.boxes, bundle.test_x.shape[-2:])
+        bundle.test_x = bundle.test_x[:len(bundle.test_masks)]
+        bundle.test_y = bundle.test_y[:len(bundle.test_masks)]
     if bundle.test_masks is None:
         raise UserError(f"dataset '{args.dataset}' has no ground-truth masks; the attention "
                         "analysis needs one that has (e.g. shapes)")
