@@ -133,9 +133,9 @@ def config_hash(cfg) -> str:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="shapes", dataset_args={"n_train": 4000, "n_test": 1000},
-                  model="preact_resnet18", model_args={"width": 8}, val_size=200, epochs=3,
-                  milestones=[2], batch_size=64, steps=2, val_steps=2, lr=0.05),
+    "smoke": dict(dataset="shapes", dataset_args={"n_train": 4500, "n_test": 1000},
+                  model="small_cnn", model_args={"width": 16}, val_size=500, epochs=5,
+                  milestones=[4], steps=3, val_steps=3),
     "cifar10-standard": dict(dataset="cifar10", model="resnet18", method="standard",
                              epochs=110, milestones=[100, 105]),
     "cifar10-dhat-official": dict(dataset="cifar10", model="resnet18", method="dhat",
