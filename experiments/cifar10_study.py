@@ -143,7 +143,12 @@ def main(argv=None) -> int:
             "threads": torch.get_num_threads(),
             "configs": {f"{v}_s{s}": asdict(train_config(args, v, s))
                         for s in args.seeds for v in args.variants}}
-    (args.out / "study.json").write_text(json.dumps(meta, indent=2, default=str))
+    study = args.out / "study.json"
+    if study.is_file():  # keep the record of earlier invocations (e.g. a resumed study)
+        old = json.loads(study.read_text())
+        meta["invocations"] = old.get("invocations", []) + [
+            {"commit": meta["commit"], "argv": meta["argv"]}]
+    study.write_text(json.dumps(meta, indent=2, default=str))
     cards = []
     for seed in args.seeds:
         for name in args.variants:
