@@ -49,35 +49,45 @@ def blobs(n=256, seed=0, classes=4):
     return x, y
 
 
+def fit(model, x, y, *, epochs: int, batch_size: int, lr: float = 0.1):
+    """Plain SGD (momentum 0.9) on CE: a briefly trained model for attack and eval tests."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        for i in range(0, len(y), batch_size):
+            loss = torch.nn.functional.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
 @pytest.fixture(scope="session")
 def trained_tiny():
     """A small CNN trained briefly on `blobs`, in eval mode (for attack direction tests)."""
     torch.manual_seed(0)
     x, y = blobs()
     model = dhat.create_model("small_cnn", num_classes=4, width=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(30):
-        for i in range(0, len(y), 64):
-            loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(model, x, y, epochs=30, batch_size=64)
     return model.eval(), x, y
+
+
+def register_blobs() -> str:
+    """Register 'blobs', a tiny in-memory dataset for trainer, CLI and DDP tests (4 classes)."""
+    from dhat.data import DataBundle, list_datasets, register_dataset
+    if "blobs" not in list_datasets():
+        @register_dataset("blobs")
+        def _blobs(root=None, **_):
+            x, y = blobs(n=200, seed=1)
+            tx, ty = blobs(n=64, seed=2)
+            u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
+            return DataBundle("blobs", u8(x), y, u8(tx), ty, 4, (0.5, 0.5, 0.5),
+                              (0.25, 0.25, 0.25), ["a", "b", "c", "d"])
+    return "blobs"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def blobs_dataset():
-    """A tiny in-memory dataset 'blobs' for trainer and CLI tests (4 classes, 32x32)."""
-    from dhat.data import DataBundle, register_dataset
-
-    @register_dataset("blobs")
-    def _blobs(root=None, **_):
-        x, y = blobs(n=200, seed=1)
-        tx, ty = blobs(n=64, seed=2)
-        u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
-        return DataBundle("blobs", u8(x), y, u8(tx), ty, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                          ["a", "b", "c", "d"])
-    return "blobs"
+    return register_blobs()
 
 
 TINY = ["--dataset", "blobs", "--model", "small_cnn", "--model-arg", "width=4", "--epochs", "2",

@@ -16,29 +16,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import blobs  # noqa: E402  (the same toy data as the pytest process)
+from conftest import register_blobs  # noqa: E402  (the same toy data as the pytest process)
 
 from dhat.config import TrainConfig  # noqa: E402
-from dhat.data import DataBundle, list_datasets, register_dataset  # noqa: E402
 from dhat.train import Trainer  # noqa: E402
 
 BASE = dict(dataset="blobs", model="small_cnn", model_args={"width": 4}, epochs=1, batch_size=32,
             val_size=40, steps=1, val_steps=1, lr=0.05, milestones=[], progress=False,
             device="cpu")
-
-
-def register_blobs() -> None:
-    """The dataset of tests/conftest.py's `blobs_dataset` fixture (4 classes, 32x32)."""
-    if "blobs" in list_datasets():
-        return
-
-    @register_dataset("blobs")
-    def _blobs(root=None, **_):
-        x, y = blobs(n=200, seed=1)
-        tx, ty = blobs(n=64, seed=2)
-        u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
-        return DataBundle("blobs", u8(x), y, u8(tx), ty, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                          ["a", "b", "c", "d"])
 
 
 def run(out_dir: str, overrides: dict, params_dir: str | None = None) -> Path:

@@ -12,6 +12,8 @@ aa_pkg = pytest.importorskip("pyautoattack")
 
 from dhat.attacks import autoattack as adapter  # noqa: E402
 
+from conftest import fit  # noqa: E402
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,14 +30,7 @@ def model10():
     torch.manual_seed(0)
     x, y = blobs10(400, 0)
     m = dhat.create_model("small_cnn", num_classes=10, width=4)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(15):
-        for i in range(0, 400, 50):
-            loss = torch.nn.functional.cross_entropy(m(x[i:i + 50]), y[i:i + 50])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return m.eval()
+    return fit(m, x, y, epochs=15, batch_size=50).eval()
 
 
 def test_adapter_matches_direct_autoattack(model10):

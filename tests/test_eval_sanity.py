@@ -7,6 +7,8 @@ import dhat
 from dhat.eval import sanity
 from dhat.eval.curves import monotone_violations, robustness_curves
 
+from conftest import fit
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,14 +25,8 @@ def colours(n, seed, classes=4, size=16):
 def trained():
     torch.manual_seed(0)
     x, y = colours(256, 0)
-    model = dhat.create_model("small_cnn", num_classes=4, width=4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(10):
-        for i in range(0, 256, 32):
-            loss = nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = fit(dhat.create_model("small_cnn", num_classes=4, width=4), x, y, epochs=10,
+                batch_size=32)
     xt, yt = colours(64, 5)
     return model.eval(), xt, yt
 
