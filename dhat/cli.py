@@ -42,23 +42,24 @@ def _arg_type(field: dataclasses.Field, hints: dict[str, Any]):
 
 
 def _method_option_fields() -> dict[str, tuple[dataclasses.Field, dict]]:
-    """Every method option (union over the registry), for `dhat train --<option>`."""
+    """Every method option (union over the registry), for `dhat train --<option>`, typed by a
+    method that declares it (a wrapper such as AWP does not: its base's class does)."""
     from .methods import list_methods, method_options
     from .methods.registry import _METHODS
-    out: dict[str, tuple[dataclasses.Field, dict]] = {}
+    typed: dict[str, tuple[dataclasses.Field, dict]] = {}
+    untyped: dict[str, tuple[dataclasses.Field, dict]] = {}
     for name in list_methods():
-        target = _METHODS[name]
+        try:
+            hints = typing.get_type_hints(_METHODS[name])
+        except Exception:
+            hints = {}
         for fname, f in method_options(name).items():
-            if fname not in out:
-                owner = getattr(f, "_owner", target)
-                try:
-                    hints = typing.get_type_hints(owner)
-                except Exception:
-                    hints = {}
-                if fname not in hints:
-                    hints = {fname: type(f.default) if f.default is not dataclasses.MISSING else str}
-                out[fname] = (f, hints)
-    return out
+            if fname in hints:
+                typed.setdefault(fname, (f, hints))
+            else:
+                default = type(f.default) if f.default is not dataclasses.MISSING else str
+                untyped.setdefault(fname, (f, {fname: default}))
+    return {**untyped, **typed}
 
 
 def _add_train(sub) -> None:
