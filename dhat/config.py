@@ -124,6 +124,9 @@ class EvalConfig:
     curves_n: int = 1000              # on the first N test images (0 = n_test)
     sanity: bool = True               # sanity checks (cheap; warn loudly)
     sanity_n: int = 100               # their subset size
+    background: bool = True           # background-reliance measures, where the dataset has the splits
+    background_n: int = 0             # images per split (0 = n_test)
+    inverse_eps: list | None = None   # inverse images for the attention IoU (default: the run's ε_inv)
 
 
 def config_hash(cfg) -> str:

@@ -7,7 +7,9 @@ import torch
 import dhat
 from dhat.data.cifar import find_folder
 
-CIFAR_ROOT = Path(os.environ.get("DHAT_CIFAR10", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"))
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+CIFAR_ROOT = Path(os.environ.get("DHAT_CIFAR10", SHARED_DATA / "cifar10"))
+FASHION_ROOT = Path(os.environ.get("DHAT_FASHION_MNIST", SHARED_DATA / "fashion-mnist"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -17,6 +19,15 @@ def cifar_root():
     if find_folder(CIFAR_ROOT, "cifar10") is None:
         pytest.skip(f"real CIFAR-10 not found at {CIFAR_ROOT}")
     return CIFAR_ROOT
+
+
+@pytest.fixture(scope="session")
+def fashion_root():
+    from dhat.data.fashion_scenes import find_fashion_folder
+    folder = find_fashion_folder(FASHION_ROOT)
+    if folder is None:
+        pytest.skip(f"Fashion-MNIST not found at {FASHION_ROOT}")
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["iou", "attention_maps", "attention_iou", "boxes_to_masks", "save_overlay_grid",
+__all__ = ["iou", "attention_maps", "attention_per_image", "attention_iou", "boxes_to_masks", "save_overlay_grid",
            "parse_eps", "add_attention_parser", "run_attention"]
 
 
@@ -122,6 +122,51 @@ def eps_key(eps: float) -> str:
     return f"{eps * 255:g}/255"
 
 
+def attention_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
+                        *, threshold: float = 0.5, layer: str | nn.Module | None = None,
+                        batch_size: int = 256, inverse_eps: Sequence[float] = (),
+                        inverse_steps: int = 10, inverse_step_size: float = 2 / 255
+                        ) -> dict[float | None, dict[str, torch.Tensor]]:
+    """Per-image attention measures, {None (natural) or ε_inv: {"fg", "bg", "area", "correct"}},
+    each (N,) float64 on the CPU: foreground IoU, background IoU, attended fraction and top-1
+    correctness of the Grad-CAM (true class) binarised at `threshold`."""
+    from ..cam import grad_cam
+    from ..models.registry import unwrap_parallel
+    from ..modes import model_mode
+    base = unwrap_parallel(model)
+    n = len(y)
+    if x.shape[0] != n or masks.shape[0] != n:
+        raise UserError(f"attention_iou: {x.shape[0]} images, {n} labels, {masks.shape[0]} masks")
+    if masks.shape[-2:] != x.shape[-2:]:
+        raise UserError(f"attention_iou: masks are {tuple(masks.shape[-2:])}, "
+                        f"images {tuple(x.shape[-2:])}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"threshold must lie in [0, 1], got {threshold}")
+    dev = _device_of(model)
+    masks = masks.bool()
+    settings: list[float | None] = [None, *[float(e) for e in inverse_eps]]
+    acc: dict[float | None, dict[str, list[torch.Tensor]]] = {
+        s: dict(fg=[], bg=[], area=[], correct=[]) for s in settings}
+    for lo in range(0, n, batch_size):
+        x0 = _as_float_images(x[lo:lo + batch_size]).to(dev)
+        yb = y[lo:lo + batch_size].long().to(dev)
+        mb = masks[lo:lo + batch_size]
+        for s in settings:
+            xb = x0 if s is None else _inverse_images(model, x0, yb, s, inverse_steps,
+                                                      inverse_step_size)
+            cam = grad_cam(model, xb, yb, layer=layer, bn_mode="eval")[:, 0].cpu()
+            with torch.no_grad(), model_mode(base, "eval"):
+                pred = base(xb).argmax(1).cpu()
+            att = cam >= threshold
+            a = acc[s]
+            a["fg"].append(iou(att, mb))
+            a["bg"].append(iou(att, ~mb))
+            a["area"].append(att.flatten(1).double().mean(1))
+            a["correct"].append((pred == yb.cpu()).double())
+    empty = torch.empty(0, dtype=torch.float64)
+    return {s: {k: torch.cat(v) if v else empty for k, v in a.items()} for s, a in acc.items()}
+
+
 def attention_iou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *,
                   threshold: float = 0.5, layer: str | nn.Module | None = None,
                   batch_size: int = 256, inverse_eps: float | Sequence[float] | None = None,
@@ -140,55 +185,24 @@ def attention_iou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: tor
     one budget or several ([0, 1] units, e.g. 4/255); the inverse images are made by
     dhat.attacks.inverse_pgd (loss "ce", uniform start) in eval mode.
     """
-    from ..cam import grad_cam
-    from ..models.registry import unwrap_parallel
-    from ..modes import model_mode
-    base = unwrap_parallel(model)
-    n = len(y)
-    if x.shape[0] != n or masks.shape[0] != n:
-        raise UserError(f"attention_iou: {x.shape[0]} images, {n} labels, {masks.shape[0]} masks")
-    if masks.shape[-2:] != x.shape[-2:]:
-        raise UserError(f"attention_iou: masks are {tuple(masks.shape[-2:])}, "
-                        f"images {tuple(x.shape[-2:])}")
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold must lie in [0, 1], got {threshold}")
     if inverse_eps is None:
         eps_list: list[float] = []
     elif isinstance(inverse_eps, (int, float)):
         eps_list = [float(inverse_eps)]
     else:
         eps_list = [float(e) for e in inverse_eps]
-    dev = _device_of(model)
-    masks = masks.bool()
-    settings = [None] + eps_list
-    acc = {s: dict(fg=[], bg=[], area=[], correct=[]) for s in settings}
-    for lo in range(0, n, batch_size):
-        x0 = _as_float_images(x[lo:lo + batch_size]).to(dev)
-        yb = y[lo:lo + batch_size].long().to(dev)
-        mb = masks[lo:lo + batch_size]
-        for s in settings:
-            xb = x0 if s is None else _inverse_images(model, x0, yb, s, inverse_steps,
-                                                      inverse_step_size)
-            cam = grad_cam(model, xb, yb, layer=layer, bn_mode="eval")[:, 0].cpu()
-            with torch.no_grad(), model_mode(base, "eval"):
-                pred = base(xb).argmax(1).cpu()
-            att = cam >= threshold
-            a = acc[s]
-            a["fg"].append(iou(att, mb))
-            a["bg"].append(iou(att, ~mb))
-            a["area"].append(att.flatten(1).double().mean(1))
-            a["correct"].append((pred == yb.cpu()).double())
+    per = attention_per_image(model, x, y, masks, threshold=threshold, layer=layer,
+                              batch_size=batch_size, inverse_eps=eps_list,
+                              inverse_steps=inverse_steps, inverse_step_size=inverse_step_size)
     yc = y.long().cpu()
 
-    def cat(v):
-        return torch.cat(v) if v else torch.empty(0, dtype=torch.float64)
-
     def summ(s):
-        a = acc[s]
-        return _summary(cat(a["fg"]), cat(a["bg"]), cat(a["area"]), cat(a["correct"]), yc)
+        a = per[s]
+        return _summary(a["fg"], a["bg"], a["area"], a["correct"], yc)
 
+    n = len(y)
     out = dict(n=n, threshold=float(threshold), **summ(None),
-               mask_area=float(masks.flatten(1).double().mean()) if n else float("nan"))
+               mask_area=float(masks.bool().flatten(1).double().mean()) if n else float("nan"))
     if eps_list:
         out["inverse"] = {eps_key(e): dict(eps=e, **summ(e)) for e in eps_list}
     return out

@@ -13,11 +13,20 @@ DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dha
 
 
 @dataclass
+class Split:
+    """An extra evaluation split: images (N, 3, H, W) uint8, labels (N,), masks (N, H, W) bool."""
+    x: torch.Tensor
+    y: torch.Tensor
+    masks: torch.Tensor | None = None
+
+
+@dataclass
 class DataBundle:
     """Train/test images (N, 3, H, W) uint8 and labels (N,) int64, with what a model needs.
 
     `test_masks` / `train_masks` (N, H, W) bool are ground-truth foregrounds where the dataset
-    has them (the attention analysis uses them).
+    has them (the attention analysis uses them). `splits` holds named extra evaluation
+    splits (e.g. fashion_scenes' mixed_same / mixed_rand / only_fg / only_bg).
     """
     name: str
     train_x: torch.Tensor
@@ -30,6 +39,7 @@ class DataBundle:
     class_names: list[str] = field(default_factory=list)
     train_masks: torch.Tensor | None = None
     test_masks: torch.Tensor | None = None
+    splits: dict[str, Split] = field(default_factory=dict)
 
     def subset_train(self, n: int, seed: int = 0) -> "DataBundle":
         """The first `n` images of a seeded, class-stratified permutation of the training set."""

@@ -22,6 +22,7 @@ from ..checkpoint import atomic_write, model_from_state, read_checkpoint
 from ..config import EvalConfig, config_hash
 from ..data import DataBundle, load_dataset, validation_split
 from ..errors import UserError
+from .background import background_measures, robust_gap_ci
 from .robust import correct_under, make_attack
 
 SCHEMA = "dhat-result-v1"
@@ -80,11 +81,13 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
                    n_test: int = 0, gap_train: tuple[torch.Tensor, torch.Tensor] | None = None,
                    batch_size: int = 256, device="cpu", progress: bool = True, seed: int = 0,
                    aa_n: int = 0, sanity: bool = False, sanity_n: int = 100, curves: bool = False,
-                   curves_n: int = 1000) -> dict[str, Any]:
+                   curves_n: int = 1000, background: bool = True, background_n: int = 0,
+                   inverse_eps: tuple[float, ...] = ()) -> dict[str, Any]:
     """Accuracy (fraction) under each named attack on the first `n_test` test images
     ("aa" = standard AutoAttack on the first `aa_n`, default `n_test`), the robust gap
     (PGD-10 train minus test) when `gap_train` images are given, robustness curves and sanity
-    checks when asked."""
+    checks when asked, and the background-reliance measures (`background.py`) when the dataset
+    has object/background splits."""
     from .sanity import check_train_mode, run_sanity_checks
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
     x, y = data.test_x, data.test_y
@@ -112,15 +115,22 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
     out["accuracy"] = acc
     if gap_train is not None and len(gap_train[1]):
         pgd10 = make_attack("pgd10", eps, step_size)
-        test = acc.get("pgd10")
-        if test is None:
+        test_correct = correct.get("pgd10")
+        if test_correct is None:
             torch.manual_seed(seed)
-            test = correct_under(model, x, y, pgd10, batch_size=batch_size, device=device).float().mean().item()
+            test_correct = correct_under(model, x, y, pgd10, batch_size=batch_size, device=device)
         torch.manual_seed(seed)
-        train = correct_under(model, *gap_train, pgd10, batch_size=batch_size, device=device,
-                              desc="gap (train)" if progress else None).float().mean().item()
+        train_correct = correct_under(model, *gap_train, pgd10, batch_size=batch_size,
+                                      device=device, desc="gap (train)" if progress else None)
+        train, test = train_correct.float().mean().item(), test_correct.float().mean().item()
         out["robust_gap"] = {"attack": "pgd10", "train": train, "test": test, "gap": train - test,
-                             "n_train": len(gap_train[1])}
+                             "n_train": len(gap_train[1]),
+                             "ci": robust_gap_ci(train_correct, test_correct, seed=seed)["ci"]}
+    if background and data.splits:
+        attacks_bg = {"clean": None, "pgd10": make_attack("pgd10", eps, step_size)}
+        out["background"] = background_measures(
+            model, data.splits, attacks=attacks_bg, inverse_eps=inverse_eps,
+            n=background_n or len(y), batch_size=batch_size, device=device, seed=seed)
     if curves:
         from .curves import robustness_curves
         m = curves_n or len(y)
@@ -186,6 +196,19 @@ def _load(cfg, device) -> tuple[torch.nn.Module, dict[str, Any]]:
     }
 
 
+def run_inverse_eps(run_cfg: dict[str, Any]) -> list[float]:
+    """The run's ε_inv (its method option, or the method's default), else DHAT's 4/255."""
+    from ..methods import method_options
+    method = run_cfg.get("method")
+    if method and "eps_inv" in run_cfg.get("method_args", {}):
+        return [float(run_cfg["method_args"]["eps_inv"])]
+    try:
+        field = method_options(method).get("eps_inv") if method else None
+    except UserError:
+        field = None
+    return [float(field.default) if field is not None else 4 / 255]
+
+
 def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Load `cfg.checkpoint` (or `cfg.weights_file`), evaluate it, write the JSON result card
     (and the curves PNG) and return the card (with "path")."""
@@ -219,7 +242,9 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict[str, Any
                             device=device, progress=progress, seed=cfg.seed,
                             aa_n=cfg.aa_n, sanity=cfg.sanity,
                             sanity_n=cfg.sanity_n, curves=cfg.curves,
-                            curves_n=cfg.curves_n)
+                            curves_n=cfg.curves_n, background=cfg.background,
+                            background_n=cfg.background_n,
+                            inverse_eps=tuple(cfg.inverse_eps or run_inverse_eps(run_cfg)))
     acc = result["accuracy"]
     summary = {k: round(100 * v, 2) for k, v in acc.items()}
     if "robust_gap" in result:
@@ -236,7 +261,7 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict[str, Any
         "n_test": result["n_test"], "n_aa": result.get("n_aa"),
         "attack_settings": attack_settings(cfg.attacks, eps, cfg.step_size),
         "accuracy": acc, "summary_percent": summary,
-        **{k: result[k] for k in ("robust_gap", "autoattack", "curves") if k in result},
+        **{k: result[k] for k in ("robust_gap", "autoattack", "curves", "background") if k in result},
         "sanity": sanity, "sanity_failed": [c["check"] for c in sanity if c["status"] == "warn"],
         "unreliable": any(c["status"] == "warn" for c in sanity),
         "eval_config": {k: v for k, v in asdict(cfg).items()} if hasattr(cfg, "__dataclass_fields__") else {},
