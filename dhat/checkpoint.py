@@ -5,30 +5,15 @@ with `weights_only=True`. A model can also be exported as a plain safetensors st
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError
+from .io import atomic_write
 
 FORMAT = "dhat-checkpoint-v1"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`: a reader never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ or `dhat.export.load_exported("model.safetensors")`, or `dhat eval --weights-fil
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 from pathlib import Path
@@ -21,8 +20,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write, load_model, read_checkpoint
+from .checkpoint import load_model, read_checkpoint
+from .config import config_hash
 from .errors import UserError
+from .io import atomic_write, file_sha256, write_json
+from .models.weights import load_weights_file, sidecar_path
 
 FORMAT = "dhat-export-v1"
 
@@ -38,8 +40,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
     from safetensors.torch import save_file
 
     from . import __version__
-    from .config import config_hash
-    from .eval.thirdparty import file_sha256, sidecar_path
     checkpoint = Path(checkpoint)
     state = read_checkpoint(checkpoint)
     model = load_model(checkpoint, "cpu", weights=weights)  # validates the weights load
@@ -67,28 +67,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
     meta["file"] = out.name
     meta["sha256"] = file_sha256(out)
     side = sidecar_path(out)
-    atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    write_json(side, meta)
     return out, side
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu"):
     """The model of an exported .safetensors (architecture from its sidecar), in eval mode."""
-    from .eval.thirdparty import load_weights_file
     model, _ = load_weights_file(path, device=device)
     return model
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint's weights as safetensors + JSON sidecar",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a last.pt / best.pt written by `dhat train`")
-    p.add_argument("--out", default=None,
-                   help="the .safetensors path (default: beside the checkpoint); the sidecar is "
-                        "the same path with .json")
-    p.add_argument("--weights", default="model", help="'model' or an extra model, e.g. fawa")
-
-
-def run(ns: argparse.Namespace) -> None:
-    out, side = export_checkpoint(ns.checkpoint, ns.out, ns.weights)
-    print(f"weights written to {out}")
-    print(f"metadata written to {side}")

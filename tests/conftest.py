@@ -104,3 +104,20 @@ def blobs_dataset():
 TINY = ["--dataset", "blobs", "--model", "small_cnn", "--model-arg", "width=4", "--epochs", "2",
         "--batch-size", "32", "--val-size", "40", "--steps", "1", "--val-steps", "1",
         "--no-progress", "--lr", "0.05", "--milestones", "1"]
+
+
+def make_checkpoint(path, *, model="small_cnn", num_classes=10, model_args=None, config=None,
+                    seed=0, method="standard"):
+    """A real dhat checkpoint of an untrained model (for eval/attention/export tests)."""
+    from dhat.checkpoint import save_checkpoint
+    model_args = dict(model_args or {"width": 4})
+    torch.manual_seed(seed)
+    net = dhat.create_model(model, num_classes=num_classes, **model_args)
+    save_checkpoint(path, {
+        "model": net.state_dict(), "epoch": 0, "method": method,
+        "model_spec": dict(name=model, num_classes=num_classes, mean=[0.5] * 3, std=[0.25] * 3,
+                           kwargs=model_args),
+        "config": {"dataset": "shapes", "dataset_args": {"n_train": 0, "n_test": 200},
+                   "method": method, "method_args": {}, "seed": 0, "val_size": 0,
+                   "eps": 8 / 255, **(config or {})}})
+    return path

@@ -9,10 +9,12 @@ from PIL import Image
 from torch import nn
 
 from dhat.analysis import attention as att
-from dhat.analysis.attention import (add_attention_parser, attention_iou, attention_maps,
-                                     boxes_to_masks, iou, parse_eps, save_overlay_grid)
+from dhat.analysis.attention import attention_iou, attention_maps, boxes_to_masks, iou
+from dhat.analysis.overlay import save_overlay_grid
 from dhat.errors import UserError
 from dhat.models import Classifier, create_model
+
+from conftest import make_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -155,41 +157,25 @@ def test_overlay_png(tmp_path, use_mpl):
         assert im.size[0] > im.size[1] > 0
 
 
-def test_parse_eps():
-    assert parse_eps("4/255") == pytest.approx(4 / 255)
-    assert parse_eps("4") == pytest.approx(4 / 255)
-    assert parse_eps(" 8 ") == pytest.approx(8 / 255)
-    for bad in ("x", "0", "-1", "4/0", "300"):
-        with pytest.raises(UserError):
-            parse_eps(bad)
+def attention(*argv):
+    from dhat.cli import main
+    return main(["attention", *map(str, argv)])
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_attention_parser(p.add_subparsers(dest="cmd"))
-    return p.parse_args(["attention", *argv])
-
-
-def test_cli_run_attention(tmp_path, monkeypatch, capsys):
-    ckpt = tmp_path / "run" / "model.pt"
-    ckpt.parent.mkdir()
-    ckpt.write_bytes(b"stand-in")
-    torch.manual_seed(0)
-    model = create_model("small_cnn", num_classes=10, width=4).eval()
-    monkeypatch.setattr(att, "_load_model", lambda path, device: model)
-    args = _parse([str(ckpt), "--n", "40", "--inverse-eps", "4/255", "2", "--device", "cpu",
-                   "--overlay", str(tmp_path / "ov.png")])
-    assert args.func is att.run_attention
-    res = args.func(args)
+def test_cli_attention_defaults_to_the_checkpoints_dataset(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    assert attention(ckpt, "--n", 40, "--inverse-eps", "4/255", "2/255", "--device", "cpu",
+                     "--overlay", tmp_path / "ov.png") == 0
     out = json.loads((ckpt.parent / "attention.json").read_text())
     assert out["n"] == 40 and out["dataset"] == "shapes"
+    assert out["dataset_source"] == "the checkpoint's"
     assert set(out["inverse"]) == {"4/255", "2/255"}
     assert 0 <= out["fg_iou"] <= 1 and 0 <= out["bg_iou"] <= 1
     assert {r["name"] for r in out["per_class"]} <= set(att_class_names())
-    assert res["fg_iou"] == out["fg_iou"]
     assert (tmp_path / "ov.png").read_bytes()[:8] == PNG_SIGNATURE
     text = capsys.readouterr().out
     assert "natural" in text and "inverse 4/255" in text and "fg IoU" in text
+    assert "the checkpoint's" in text
 
 
 def att_class_names():
@@ -197,34 +183,30 @@ def att_class_names():
     return CLASS_NAMES
 
 
-def test_cli_user_errors(tmp_path, monkeypatch):
+@pytest.mark.parametrize("args, needle", [
+    (["--inverse-eps", "abc"], "--inverse-eps"),
+    (["--inverse-eps", "8"], "8/255"),
+    (["--n", "0"], "--n"),
+    (["--n", "4", "--layer", "nope"], "layer 'nope'"),
+    (["--dataset", "nomask"], "no ground-truth masks"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys, args, needle):
     from dhat.data import datasets
-    ckpt = tmp_path / "m.pt"
-    with pytest.raises(UserError):                              # missing checkpoint
-        att.run_attention(_parse([str(ckpt)]))
-    ckpt.write_bytes(b"x")
-    model = create_model("small_cnn", num_classes=10, width=4).eval()
-    monkeypatch.setattr(att, "_load_model", lambda path, device: model)
-    with pytest.raises(UserError):                              # bad epsilon
-        att.run_attention(_parse([str(ckpt), "--inverse-eps", "abc"]))
-    with pytest.raises(UserError):                              # bad layer
-        att.run_attention(_parse([str(ckpt), "--n", "4", "--layer", "nope", "--device", "cpu",
-                                  "--out", str(tmp_path / "a.json")]))
     bundle = datasets.DataBundle("nomask", torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
                                  torch.zeros(2, dtype=torch.long),
                                  torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
                                  torch.zeros(2, dtype=torch.long), 10, (0.5,) * 3, (0.5,) * 3)
     monkeypatch.setitem(datasets._DATASETS, "nomask", lambda root=None, **_: bundle)
-    with pytest.raises(UserError, match="no ground-truth masks"):
-        att.run_attention(_parse([str(ckpt), "--dataset", "nomask", "--device", "cpu"]))
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    assert attention(ckpt, "--device", "cpu", "--out", tmp_path / "a.json", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert attention(tmp_path / "missing.pt") == 2
 
 
-def test_cli_boxes_become_masks(tmp_path, monkeypatch):
+def test_cli_boxes_become_masks(tmp_path, monkeypatch, capsys):
     from dhat.data import datasets
-    ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
-    model = create_model("small_cnn", num_classes=10, width=4).eval()
-    monkeypatch.setattr(att, "_load_model", lambda path, device: model)
+    ckpt = make_checkpoint(tmp_path / "m.pt")
     bundle = datasets.DataBundle("boxed", torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
                                  torch.zeros(6, dtype=torch.long),
                                  torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8),
@@ -232,10 +214,11 @@ def test_cli_boxes_become_masks(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets._DATASETS, "boxed", lambda root=None, **_: bundle)
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([[0, 0, 16, 16]] * 4))        # boxes for the first 4 images
-    res = att.run_attention(_parse([str(ckpt), "--dataset", "boxed", "--boxes", str(boxes),
-                                    "--device", "cpu", "--out", str(tmp_path / "a.json")]))
+    assert attention(ckpt, "--dataset", "boxed", "--boxes", boxes, "--device", "cpu",
+                     "--out", tmp_path / "a.json") == 0
+    res = json.loads((tmp_path / "a.json").read_text())
     assert res["n"] == 4 and res["mask_area"] == pytest.approx(0.25)
     boxes.write_text(json.dumps([[1, 2, 3]]))
-    with pytest.raises(UserError, match="--boxes"):
-        att.run_attention(_parse([str(ckpt), "--dataset", "boxed", "--boxes", str(boxes),
-                                  "--device", "cpu"]))
+    capsys.readouterr()
+    assert attention(ckpt, "--dataset", "boxed", "--boxes", boxes, "--device", "cpu") == 2
+    assert "--boxes" in capsys.readouterr().err

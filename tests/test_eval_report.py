@@ -13,16 +13,22 @@ from dhat.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def card(method, clean, pgd10, cw, aa=None, gap=None, **extra):
+def card(method, clean, pgd10, cw, aa=None, gap=None, n_aa=200, **extra):
+    """A valid result card (validate_card accepts it), as `dhat eval` writes them."""
+    from dhat.eval.evaluate import attack_settings
     acc = {"clean": clean, "pgd10": pgd10, "cw": cw}
     c = {"schema": "dhat-result-v1", "method": method, "model": "resnet18", "dataset": "cifar10",
-         "eps_255": 8.0, "n_test": 1000, "accuracy": acc, "sanity_failed": [], **extra}
+         "eps_255": 8.0, "n_test": 1000, "accuracy": acc, "sanity": [], "sanity_failed": [],
+         "unreliable": False, **extra}
     if aa is not None:
         acc["aa"] = aa
-        c["n_aa"] = 1000
-        c["autoattack"] = {"package": "pyautoattack", "version": "standard"}
+        c["n_aa"] = n_aa
+        c["autoattack"] = {"package": "pyautoattack", "version": "standard", "n": n_aa,
+                           "robust_accuracy": aa}
     if gap is not None:
-        c["robust_gap"] = {"gap": gap, "train": 0.6 + gap, "test": 0.6, "n_train": 1000}
+        c["robust_gap"] = {"gap": gap, "train": pgd10 + gap, "test": pgd10, "n_train": 500}
+    c["attack_settings"] = attack_settings(list(acc), 8 / 255, 2 / 255)
+    c["eval_config"] = {"attacks": list(acc)}
     return c
 
 
@@ -37,25 +43,27 @@ def test_report_renders_two_cards(tmp_path, capsys):
     out = tmp_path / "table.md"
     assert main(["report", str(d1), str(d2 / "eval_best.json"), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[:4] == [
-        "| Method | Clean | PGD-10 | CW | AA | Robust Gap |",
+    assert lines[:4] == [   # each column says how many images its numbers come from
+        "| Method | Clean (n=1000) | PGD-10 (n=1000) | CW (n=1000) | AA (n=200) | "
+        "Robust Gap (n=500) |",
         "|---|---:|---:|---:|---:|---:|",
         "| dhat (dhat_s0) | 84.12 | 55.31 | 50.12 | 48.87 | 12.34 |",
         "| pgd_at (pgd_at_s0) | 82.01 | 51.05 | 49.23 | – | – |",
     ]
-    assert lines[4] == "" and "8/255" in out.read_text() and "first 1000 test images" in out.read_text()
+    assert lines[4] == "" and "8/255" in out.read_text()
     capsys.readouterr()
     # stdout, bold best, custom columns and labels
     assert main(["report", str(d1), str(d2), "--bold-best", "--no-notes", "--columns", "clean,cw",
                  "--labels", "DHAT", "PGD-AT"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "| Method | Clean | CW |", "|---|---:|---:|",
+        "| Method | Clean (n=1000) | CW (n=1000) |", "|---|---:|---:|",
         "| DHAT | **84.12** | **50.12** |", "| PGD-AT | 82.01 | 49.23 |"]
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_failed_sanity_marks_the_row():
-    c = card("uiat", 0.8, 0.7, 0.6, sanity_failed=["large_eps"])
+    c = card("uiat", 0.8, 0.7, 0.6, sanity_failed=["large_eps"], unreliable=True,
+             sanity=[{"check": "large_eps", "status": "warn"}])
     text = markdown_table([("uiat (r)", c)], ["clean"])
     assert "| uiat (r) † | 80.00 |" in text and "large_eps" in text
 
@@ -104,3 +112,34 @@ def test_eval_card_curves_and_report_plot(tmp_path, capsys):
     assert rows == ["pgd_at (run0)", "pgd_at (run1)"]
     plot2 = tmp_path / "bars.png"  # no curves in run1: bars of the table
     assert main(["report", str(runs[1]), "--plot", str(plot2)]) == 0 and plot2.stat().st_size > 0
+
+
+def test_cards_that_contradict_themselves_cannot_be_written_or_read(tmp_path):
+    from dhat.eval.card import CardError, read_card, save_card, validate_card
+    good = card("dhat", 0.5, 0.3, 0.25, aa=0.2, gap=0.05)
+    validate_card(good)
+    broken = {
+        "AA without its image count": {**good, "n_aa": None},
+        "AA not requested": {**good, "eval_config": {"attacks": ["clean", "pgd10", "cw"]}},
+        "AA without settings": {**good, "attack_settings": {k: v for k, v in
+                                                             good["attack_settings"].items()
+                                                             if k != "aa"}},
+        "AA record disagrees": {**good, "autoattack": {**good["autoattack"], "n": 1000}},
+        "AA sanity skipped": {**good, "sanity": [{"check": "aa_vs_pgd", "status": "skipped"},
+                                                 {"check": "aa_flags", "status": "ok"}]},
+        "unreliable hides a failure": {**good, "sanity": [{"check": "large_eps",
+                                                           "status": "warn"}],
+                                       "sanity_failed": ["large_eps"], "unreliable": False},
+        "gap arithmetic": {**good, "robust_gap": {**good["robust_gap"], "gap": 0.5}},
+    }
+    for why, c in broken.items():
+        with pytest.raises(CardError):
+            validate_card(c)
+        with pytest.raises(CardError):
+            save_card(c, tmp_path / "c.json")
+        assert not (tmp_path / "c.json").exists(), why
+        (tmp_path / "bad.json").write_text(json.dumps(c))
+        with pytest.raises(CardError):
+            read_card(tmp_path / "bad.json")
+    assert save_card(good, tmp_path / "c.json") == tmp_path / "c.json"
+    assert read_card(tmp_path / "c.json")["accuracy"] == good["accuracy"]

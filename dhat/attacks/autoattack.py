@@ -21,7 +21,7 @@ import importlib
 import logging
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -104,7 +104,7 @@ def reduce_budget(aa, *, n_iter: int | None = None, n_queries: int | None = None
 def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch_size: int = 250,
                    device="cpu", seed: int = 0, n: int | None = None,
                    n_iter: int | None = None, n_queries: int | None = None,
-                   return_flags: bool = False, progress: bool = False):
+                   return_flags: bool = False, log: Callable[[str], None] | None = None):
     """Standard AutoAttack (L-inf) on the first `n` images of `x` (uint8 (N,3,H,W) or float in
     [0, 1]) -> a JSON-ready dict:
 
@@ -116,7 +116,7 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch
 
     `n_iter` / `n_queries` shrink APGD/FAB iterations and Square queries for tests; the result
     is then marked version 'standard (reduced budget)'. With `return_flags`, also returns the
-    (n,) bool tensor of images robust to every attack.
+    (n,) bool tensor of images robust to every attack. `log` receives a line per attack.
     """
     module, name, version = import_autoattack()
     if not 0 < eps <= 1:
@@ -139,7 +139,7 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch
             robust, after, clean, standard, n_targets = _cascade(
                 module, name, model, x, y, eps=eps, seed=seed, device=device,
                 batch_size=batch_size, n_iter=n_iter, n_queries=n_queries, flagged=flagged,
-                progress=progress)
+                log=log)
     finally:
         aa_logger.removeHandler(handler)
         aa_logger.propagate = propagate
@@ -169,7 +169,7 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch
 
 
 def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter, n_queries,
-             flagged, progress):
+             flagged, log):
     """Run the standard attacks one after another on the images still robust."""
     with torch.no_grad():
         num_classes = model(x[:1].to(device)).shape[-1]
@@ -205,8 +205,8 @@ def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter
         robust[:] = False
         robust[idx[survived]] = True
         after[attack] = robust.float().mean().item()
-        if progress:
-            print(f"  autoattack: robust accuracy after {attack}: {100 * after[attack]:.2f}%")
+        if log is not None:
+            log(f"  autoattack: robust accuracy after {attack}: {100 * after[attack]:.2f}%")
     try:  # AutoAttack's own check that Square did not beat the gradient attacks
         checks = importlib.import_module(f"{name}.checks")
         checks.check_square_sr({"clean": clean, **after}, logger=None)

@@ -5,6 +5,7 @@ attack only and restores the caller's mode afterwards. Gradients are input-only.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -24,6 +25,10 @@ def _as_eps(eps, x: torch.Tensor) -> torch.Tensor | float:
 
 
 def _check_eps(eps) -> None:
+    """ε in (0, 1]. A per-sample budget on an accelerator is not read back (that would
+    synchronise the host every attack); its producer (CFA's class-wise ε) keeps it in range."""
+    if isinstance(eps, torch.Tensor) and eps.device.type != "cpu":
+        return
     e = eps if isinstance(eps, torch.Tensor) else torch.tensor(float(eps))
     if not torch.all((e > 0) & (e <= 1)):
         raise ValueError(f"eps must lie in (0, 1] (pixel units, e.g. 8/255), got {eps}")
@@ -78,39 +83,55 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: float, steps
     x: (B, C, H, W) in [0, 1], y: (B,). Returns x_adv with ||x_adv - x||_inf <= eps, in [0, 1].
     """
     if loss == "ce":
-        objective = lambda z: ce_loss(z, y)  # noqa: E731
+        objective: Callable[[torch.Tensor], torch.Tensor] = partial(ce_loss, y=y)
     elif loss == "cw":
-        objective = lambda z: cw_margin_loss(z, y)  # noqa: E731
+        objective = partial(cw_margin_loss, y=y)
     elif loss == "kl":
         if p_ref is None:
             raise ValueError("loss='kl' needs p_ref, the reference distribution (B, C)")
         p_ref = p_ref.detach()
-        objective = lambda z: kl_to(z, p_ref)  # noqa: E731
+        objective = partial(kl_to, p_ref=p_ref)
     else:
         raise ValueError(f"loss must be ce, cw or kl, got {loss!r}")
     return sign_pgd(model, x, objective, eps=eps, step_size=step_size, steps=steps,
                     init=init, bn_mode=bn_mode)
 
 
+def _official_inverse_objective(z: torch.Tensor, *, y: torch.Tensor, p_nat: torch.Tensor,
+                                p_adv: torch.Tensor | None, net, x_adv: torch.Tensor) -> torch.Tensor:
+    """The official inverse loss of logits z; p_adv None: recomputed now, in the loop's mode."""
+    if p_adv is None:
+        with torch.no_grad():
+            p_adv = torch.softmax(net(x_adv), 1)
+    return dhat_inverse_loss(z, y, p_nat, p_adv)
+
+
 def inverse_pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: float, steps: int,
                 loss: Literal["ce", "official"] = "official", x_adv: torch.Tensor | None = None,
-                init: Init = "uniform", bn_mode: BNMode = "eval") -> torch.Tensor:
+                init: Init = "uniform", bn_mode: BNMode = "eval",
+                recompute_adv: bool = False) -> torch.Tensor:
     """Inverse adversarial example: PGD *descent* that makes y more likely.
 
     loss="ce": descend CE(f(x'), y) (UIAT's basic form).
     loss="official": descend CE(ž, y) + KL(p_nat || p̌) - KL(p_adv || p̌) (DHAT train.py:11-31),
     with p_nat = p(x) and p_adv = p(x_adv) computed once, under no_grad, in `bn_mode`.
+    `recompute_adv`: recompute p_adv after f(x̌_t) in every step instead (the DHAT authors'
+    UIAT loop); the values are the same in eval mode and in train mode (batch statistics of
+    the same x_adv), only BatchNorm's running statistics see the extra forwards.
     """
+    objective: Callable[[torch.Tensor], torch.Tensor]
     if loss == "ce":
-        objective = lambda z: ce_loss(z, y)  # noqa: E731
+        objective = partial(ce_loss, y=y)
     elif loss == "official":
         if x_adv is None:
             raise ValueError("inverse loss 'official' needs x_adv, the adversarial example")
         base = unwrap_parallel(model)
         with torch.no_grad(), model_mode(base, bn_mode):
             p_nat = torch.softmax(base(x), 1)
-            p_adv = torch.softmax(base(x_adv), 1)
-        objective = lambda z: dhat_inverse_loss(z, y, p_nat, p_adv)  # noqa: E731
+            p_adv = None if recompute_adv else torch.softmax(base(x_adv), 1)
+
+        objective = partial(_official_inverse_objective, y=y, p_nat=p_nat, p_adv=p_adv,
+                            net=base, x_adv=x_adv)
     else:
         raise ValueError(f"inverse loss must be ce or official, got {loss!r}")
     return sign_pgd(model, x, objective, eps=eps, step_size=step_size, steps=steps,

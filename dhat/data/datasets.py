@@ -1,12 +1,14 @@
 """Dataset registry: `load_dataset(name, root)` -> a `DataBundle` of uint8 tensors in memory."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..errors import unknown_name
+from ..errors import UserError, unknown_name
+from ..schema import Where, coerce_like
 from .cifar import load_cifar
 
 DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dhat")
@@ -56,11 +58,39 @@ class DataBundle:
 _DATASETS: dict[str, Callable[..., DataBundle]] = {}
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, args_of: Callable | None = None):
+    """Register a loader `fn(root=None, download=False, **args) -> DataBundle`. Its keyword
+    arguments (or those of `args_of`, for a loader that forwards **kwargs) are the dataset's
+    `--dataset-arg`s."""
     def wrap(fn):
         _DATASETS[name] = fn
+        fn.dataset_args_of = args_of or fn
         return fn
     return wrap
+
+
+def dataset_arg_defaults(name: str) -> dict[str, Any]:
+    """A dataset's `--dataset-arg` names with their defaults."""
+    if name not in _DATASETS:
+        raise unknown_name("dataset", name, _DATASETS)
+    params = inspect.signature(_DATASETS[name].dataset_args_of).parameters
+    skip = ("root", "download", "name")
+    return {k: p.default for k, p in params.items()
+            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_dataset_args(name: str, args: dict[str, Any],
+                       where: Where = Where(prefix="dataset_args.")) -> dict[str, Any]:
+    """`args` checked against the dataset's loader (nearest name) and typed by its defaults."""
+    known = dataset_arg_defaults(name)
+    out = {}
+    for k, v in args.items():
+        if k not in known:
+            if not known:
+                raise UserError(f"dataset '{name}' takes no --dataset-arg, got {where.key(k)}")
+            raise unknown_name(f"argument of dataset '{name}'", k, known)
+        out[k] = coerce_like(known[k], v, where.key(k))
+    return out
 
 
 def list_datasets() -> list[str]:
@@ -87,10 +117,10 @@ def _cifar(name: str, root: str | None, download: bool, mean, std) -> DataBundle
 
 
 @register_dataset("cifar10")
-def cifar10(root: str | None = None, download: bool = False, **_) -> DataBundle:
+def cifar10(root: str | None = None, download: bool = False) -> DataBundle:
     return _cifar("cifar10", root, download, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
 
 @register_dataset("cifar100")
-def cifar100(root: str | None = None, download: bool = False, **_) -> DataBundle:
+def cifar100(root: str | None = None, download: bool = False) -> DataBundle:
     return _cifar("cifar100", root, download, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

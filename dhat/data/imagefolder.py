@@ -261,7 +261,7 @@ def load_imagefolder(root: str | Path | None, resolution: int = 224, train_resiz
     return bundle
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", args_of=load_imagefolder)
 def imagefolder(root: str | None = None, download: bool = False, resolution: int = 224,
                 **kwargs) -> DataBundle:
     """ImageNet-style class folders at `resolution` (224 unless given); see load_imagefolder."""
@@ -272,7 +272,7 @@ def imagefolder(root: str | None = None, download: bool = False, resolution: int
 
 
 def _register_resolution(res: int) -> None:
-    @register_dataset(f"imagefolder{res}")
+    @register_dataset(f"imagefolder{res}", args_of=load_imagefolder)
     def _fixed(root: str | None = None, download: bool = False, **kwargs) -> DataBundle:
         kwargs.pop("resolution", None)
         return imagefolder(root, download, resolution=res, name=f"imagefolder{res}", **kwargs)

@@ -287,7 +287,7 @@ def _cifar_pool(root: str | None, train: bool) -> tuple[torch.Tensor, torch.Tens
 
 @register_dataset("shapes")
 def shapes(root: str | None = None, n_train: int = 50000, n_test: int = 10000, rho: float = 0.9,
-           seed: int = 0, background: str = "texture", **_) -> DataBundle:
+           seed: int = 0, background: str = "texture", download: bool = False) -> DataBundle:
     """The shapes dataset (see the module docstring). Train: background agrees with the class
     with probability `rho`; test: independent. `root` is CIFAR-10's folder, used only with
     `background="cifar10"` (train backgrounds from CIFAR train, test from CIFAR test).

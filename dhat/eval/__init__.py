@@ -1,7 +1,9 @@
 """Evaluation: accuracy under attack (PGD, CW, AutoAttack), the robust gap, robustness
-curves, sanity checks, third-party weights, JSON result cards."""
-from .evaluate import evaluate_checkpoint, evaluate_model, format_result
-from .robust import correct_under, make_attack, per_class
+curves, sanity checks, background-reliance measures, JSON result cards."""
+from .attack_spec import AttackSpec, make_attack
+from .card import format_card, read_card, save_card, validate_card
+from .evaluate import evaluate_checkpoint, evaluate_model
+from .robust import correct_under, per_class
 
-__all__ = ["evaluate_checkpoint", "evaluate_model", "format_result",
-           "correct_under", "make_attack", "per_class"]
+__all__ = ["AttackSpec", "make_attack", "format_card", "read_card", "save_card", "validate_card",
+           "evaluate_checkpoint", "evaluate_model", "correct_under", "per_class"]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
-from ..attacks import pgd
+from .attack_spec import AttackSpec
 from .robust import correct_under
 
 EPS_255 = (2, 4, 6, 8, 10, 12, 16)
@@ -32,26 +32,25 @@ def _acc(model, x, y, attack, batch_size, device, seed) -> float:
 def robustness_curves(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
                       step_size: float = 2 / 255, eps_255: Sequence[float] = EPS_255,
                       steps: Sequence[int] = STEPS, batch_size: int = 256, device="cpu",
-                      seed: int = 0, progress: bool = False) -> dict:
+                      seed: int = 0, log: Callable[[str], None] | None = None) -> dict:
     """Accuracy (fractions) on images x (uint8 or float in [0, 1]) -> a JSON-ready dict:
     {"n", "clean", "eps": {"eps_255", "pgd20", "cw", ...}, "steps": {"steps", "pgd", ...}}."""
     clean = _acc(model, x, y, None, batch_size, device, seed)
     pgd20, cw = [clean], [clean]
     for e in eps_255:
         e_ = e / 255
-        for loss, out in (("ce", pgd20), ("cw", cw)):
-            attack = (lambda m, a, b, e_=e_, loss=loss: pgd(
-                m, a, b, eps=e_, step_size=e_ / 4, steps=20, loss=loss, init="uniform", bn_mode="eval"))
+        pairs: list[tuple[Literal["ce", "cw"], list[float]]] = [("ce", pgd20), ("cw", cw)]
+        for loss, out in pairs:
+            attack = AttackSpec(loss, 20, e_, e_ / 4)
             out.append(_acc(model, x, y, attack, batch_size, device, seed))
-        if progress:
-            print(f"  curves: eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  CW {100 * cw[-1]:.2f}")
+        if log is not None:
+            log(f"  curves: eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  CW {100 * cw[-1]:.2f}")
     by_steps = []
     for k in steps:
-        attack = (lambda m, a, b, k=k: pgd(m, a, b, eps=eps, step_size=step_size, steps=k,
-                                           loss="ce", init="uniform", bn_mode="eval"))
+        attack = AttackSpec("ce", k, eps, step_size)
         by_steps.append(_acc(model, x, y, attack, batch_size, device, seed))
-        if progress:
-            print(f"  curves: PGD-{k}  {100 * by_steps[-1]:.2f}")
+        if log is not None:
+            log(f"  curves: PGD-{k}  {100 * by_steps[-1]:.2f}")
     return {
         "n": len(y), "clean": clean, "seed": seed,
         "eps": {"eps_255": [0, *eps_255], "pgd20": pgd20, "cw": cw, "steps": 20,
@@ -88,7 +87,7 @@ def monotone_violations(curves: dict) -> list[str]:
     return out
 
 
-def _figure(ncols: int, width: float = 5.0):
+def figure(ncols: int, width: float = 5.0):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -103,8 +102,8 @@ def _figure(ncols: int, width: float = 5.0):
 def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """One figure, two panels (accuracy vs ε: PGD-20 solid, CW dashed; accuracy vs PGD steps),
     one colour per run. `runs` = [(label, curves dict)]. Writes a PNG and returns its path."""
-    from ..checkpoint import atomic_write
-    fig = _figure(2)
+    from ..io import atomic_write
+    fig = figure(2)
     ax_e, ax_s = fig.subplots(1, 2)
     for i, (label, c) in enumerate(runs):
         colour = f"C{i % 10}"

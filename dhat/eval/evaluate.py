@@ -1,31 +1,31 @@
-"""Evaluate one checkpoint: clean, PGD, CW, AutoAttack and the robust gap, plus sanity checks
-and (optionally) robustness curves, into one JSON result card.
+"""Evaluate one checkpoint: clean, PGD, CW, AutoAttack, the robust gap, sanity checks,
+robustness curves and background-reliance measures, into one validated result card.
 
-The card follows the spirit of RobustBench's model_info: dataset, threat model, ε, number of
-images, clean and per-attack accuracy, robust gap, model, method, config hash, library
-versions, hardware and date, and the evaluation's own settings, so a reader can tell what
-was measured and rerun it.
+`evaluate_model` measures; `evaluate_checkpoint` loads a checkpoint (or a plain state dict),
+checks that its card can be written *before* the first attack, measures, builds the card
+(`card.build_card`) and writes it (to a named fallback path if the target fails).
 """
 from __future__ import annotations
 
-import datetime
-import json
 import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import atomic_write, model_from_state, read_checkpoint
-from ..config import EvalConfig, config_hash
+from ..checkpoint import model_from_state, read_checkpoint
+from ..config import EvalConfig, config_hash, resolve_device
 from ..data import DataBundle, load_dataset, validation_split
 from ..errors import UserError
+from ..io import file_sha256
+from .attack_spec import describe, make_attack
 from .background import background_measures, robust_gap_ci
-from .robust import correct_under, make_attack
+from .card import SCHEMA, check_writable, save_card, validate_card
+from .robust import correct_under
 
-SCHEMA = "dhat-result-v1"
+Log = Callable[[str], None] | None
 
 
 def environment() -> dict[str, Any]:
@@ -62,19 +62,7 @@ def training_images(data: DataBundle, cfg: dict[str, Any], n: int) -> tuple[torc
 
 def attack_settings(attacks, eps: float, step_size: float) -> dict[str, str]:
     """A line per attack saying exactly what was run (for the result card)."""
-    out = {}
-    for name in attacks:
-        if name == "clean":
-            out[name] = "no attack"
-        elif name == "aa":
-            out[name] = ("AutoAttack, version 'standard' (APGD-CE, APGD-T, FAB-T, Square), L-inf, "
-                         f"eps {eps * 255:g}/255, official implementation")
-        else:
-            steps = int(name.lstrip("pgdcw") or (10 if name.startswith("pgd") else 20))
-            loss = "cross-entropy" if name.startswith("pgd") else "CW margin"
-            out[name] = (f"L-inf PGD, {steps} steps, {loss} loss, step {step_size * 255:g}/255, "
-                         f"eps {eps * 255:g}/255, uniform random start, 1 restart, eval mode")
-    return out
+    return {name: describe(name, eps, step_size) for name in attacks}
 
 
 def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: float,
@@ -82,12 +70,12 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
                    batch_size: int = 256, device="cpu", progress: bool = True, seed: int = 0,
                    aa_n: int = 0, sanity: bool = False, sanity_n: int = 100, curves: bool = False,
                    curves_n: int = 1000, background: bool = True, background_n: int = 0,
-                   inverse_eps: tuple[float, ...] = ()) -> dict[str, Any]:
+                   inverse_eps: tuple[float, ...] = (), log: Log = None) -> dict[str, Any]:
     """Accuracy (fraction) under each named attack on the first `n_test` test images
     ("aa" = standard AutoAttack on the first `aa_n`, default `n_test`), the robust gap
     (PGD-10 train minus test) when `gap_train` images are given, robustness curves and sanity
     checks when asked, and the background-reliance measures (`background.py`) when the dataset
-    has object/background splits."""
+    has object/background splits. `progress`: tqdm bars; `log`: one line per finished part."""
     from .sanity import check_train_mode, run_sanity_checks
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
     x, y = data.test_x, data.test_y
@@ -100,18 +88,20 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
     for name in attacks:
         if name == "aa":
             from ..attacks.autoattack import run_autoattack
-            n = aa_n or len(y)
+            n = min(aa_n or len(y), len(y))
             out["autoattack"], aa_robust = run_autoattack(
-                model, data.test_x[:n], data.test_y[:n], eps=eps, batch_size=batch_size,
-                device=device, seed=seed, return_flags=True, progress=progress)
+                model, x[:n], y[:n], eps=eps, batch_size=batch_size, device=device, seed=seed,
+                return_flags=True, log=log)
             acc["aa"] = out["autoattack"]["robust_accuracy"]
             out["n_aa"] = out["autoattack"]["n"]
             continue
-        attack = make_attack(name, eps, step_size)
         torch.manual_seed(seed)
-        correct[name] = correct_under(model, x, y, attack, batch_size=batch_size, device=device,
+        correct[name] = correct_under(model, x, y, make_attack(name, eps, step_size),
+                                      batch_size=batch_size, device=device,
                                       desc=name if progress else None)
         acc[name] = correct[name].float().mean().item()
+        if log is not None:
+            log(f"  {name}: {100 * acc[name]:.2f}%")
     out["accuracy"] = acc
     if gap_train is not None and len(gap_train[1]):
         pgd10 = make_attack("pgd10", eps, step_size)
@@ -135,8 +125,7 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
         from .curves import robustness_curves
         m = curves_n or len(y)
         out["curves"] = robustness_curves(model, x[:m], y[:m], eps=eps, step_size=step_size,
-                                          batch_size=batch_size, device=device, seed=seed,
-                                          progress=progress)
+                                          batch_size=batch_size, device=device, seed=seed, log=log)
     if sanity:
         out["sanity"] = run_sanity_checks(model, x, y, eps=eps, step_size=step_size, n=sanity_n,
                                           batch_size=batch_size, device=device, seed=seed,
@@ -146,32 +135,27 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
     return out
 
 
-def _load(cfg, device) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_for_eval(cfg: EvalConfig, device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model to evaluate and what the card says about it (dhat checkpoint or plain weights)."""
-    from .thirdparty import file_sha256
-    weights_file = cfg.weights_file
-    if weights_file:
-        from .thirdparty import load_weights_file
-        if cfg.checkpoint:
-            raise UserError("pass either a checkpoint or --weights-file, not both")
-        model, info = load_weights_file(weights_file, cfg.model,
-                                        num_classes=cfg.num_classes,
+    if cfg.weights_file:
+        from ..models.weights import load_weights_file
+        model, info = load_weights_file(cfg.weights_file, cfg.model, num_classes=cfg.num_classes,
                                         model_args=cfg.model_args,
                                         normalization=cfg.normalization, device=device)
         meta = info.get("sidecar") or {}
         return model, {
-            "source": "state-dict", "checkpoint": str(weights_file), "checkpoint_sha256": info["sha256"],
-            "weights": "model", "epoch": meta.get("epoch"), "run_dir": None,
-            "model": info["model"], "model_kwargs": info["model_kwargs"],
+            "source": "state-dict", "checkpoint": str(cfg.weights_file),
+            "checkpoint_sha256": info["sha256"], "weights": "model", "epoch": meta.get("epoch"),
+            "run_dir": None, "model": info["model"], "model_kwargs": info["model_kwargs"],
             "num_classes": info["num_classes"],
             "normalization": {"mean": info["mean"], "std": info["std"],
                               "source": info["normalization_source"]},
-            "method": meta.get("method"), "method_args": {}, "config_hash": meta.get("config_hash"),
-            "run_config": {}, "dataset_default": meta.get("dataset"), "eps_default": meta.get("eps"),
-        }
+            "method": meta.get("method"), "method_args": {}, "method_options": {},
+            "config_hash": meta.get("config_hash"), "run_config": {},
+            "dataset_default": meta.get("dataset"), "eps_default": meta.get("eps")}
     if not cfg.checkpoint:
-        raise UserError("pass a checkpoint (a best.pt/last.pt of `dhat train`) or --weights-file FILE "
-                        "--model NAME")
+        raise UserError("pass a checkpoint (a best.pt/last.pt of `dhat train`) or --weights-file "
+                        "FILE --model NAME")
     state = read_checkpoint(cfg.checkpoint)
     run_cfg = state.get("config", {})
     if cfg.weights != "model":
@@ -191,66 +175,96 @@ def _load(cfg, device) -> tuple[torch.nn.Module, dict[str, Any]]:
         "normalization": {"mean": [float(v) for v in model.mean.flatten()],
                           "std": [float(v) for v in model.std.flatten()], "source": "checkpoint"},
         "method": state.get("method"), "method_args": run_cfg.get("method_args", {}),
+        "method_options": state.get("method_options", {}),
         "config_hash": config_hash(run_cfg), "run_config": run_cfg,
-        "dataset_default": run_cfg.get("dataset"), "eps_default": run_cfg.get("eps"),
-    }
+        "dataset_default": run_cfg.get("dataset"), "eps_default": run_cfg.get("eps")}
 
 
-def run_inverse_eps(run_cfg: dict[str, Any]) -> list[float]:
-    """The run's ε_inv (its method option, or the method's default), else DHAT's 4/255."""
+def run_inverse_eps(info: dict[str, Any]) -> list[float]:
+    """The run's ε_inv (its resolved method options, or the method's default), else 4/255."""
     from ..methods import method_options
-    method = run_cfg.get("method")
-    if method and "eps_inv" in run_cfg.get("method_args", {}):
-        return [float(run_cfg["method_args"]["eps_inv"])]
+    resolved = info.get("method_options") or {}
+    if "eps_inv" in resolved:
+        return [float(resolved["eps_inv"])]
+    if "eps_inv" in info.get("method_args", {}):
+        return [float(info["method_args"]["eps_inv"])]
     try:
-        field = method_options(method).get("eps_inv") if method else None
+        spec = method_options(info["method"]).get("eps_inv") if info.get("method") else None
     except UserError:
-        field = None
-    return [float(field.default) if field is not None else 4 / 255]
+        spec = None
+    return [float(spec.default) if spec is not None else 4 / 255]
 
 
-def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Load `cfg.checkpoint` (or `cfg.weights_file`), evaluate it, write the JSON result card
-    (and the curves PNG) and return the card (with "path")."""
+def default_card_path(cfg: EvalConfig, checkpoint: str) -> Path:
+    src = Path(checkpoint)
+    suffix = "" if cfg.weights == "model" else f"_{cfg.weights}"
+    return Path(cfg.out) if cfg.out else src.with_name(f"eval_{src.stem}{suffix}.json")
+
+
+def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True, write: bool = True,
+                        log: Log = None, check_out: bool | None = None) -> dict[str, Any]:
+    """Load `cfg.checkpoint` (or `cfg.weights_file`), evaluate it and return the validated
+    result card (with "path" when written). With `write`, the card (and the curves PNG) is
+    written. That the card's folder is writable is checked before the first attack (with
+    `write`, or `check_out=True` for a caller that writes the card itself). `log` receives
+    progress lines, among them a duration estimate before a long evaluation."""
     t0 = time.perf_counter()
-    device = torch.device(cfg.device if cfg.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, info = _load(cfg, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model, info = load_for_eval(cfg, device)
+    out = default_card_path(cfg, info["checkpoint"])
+    if write if check_out is None else check_out:
+        check_writable(out)
     run_cfg = info.pop("run_config")
-    dataset = cfg.dataset or info.pop("dataset_default", None) or "cifar10"
-    info.pop("dataset_default", None)
-    data = load_dataset(dataset, cfg.data_root or run_cfg.get("data_root"),
+    dataset = cfg.dataset or info.get("dataset_default") or "cifar10"
+    same = dataset == run_cfg.get("dataset")
+    data = load_dataset(dataset, cfg.data_root or (run_cfg.get("data_root") if same else None),
                         download=run_cfg.get("download", False),
-                        **(run_cfg.get("dataset_args", {}) if dataset == run_cfg.get("dataset") else {}))
+                        **(run_cfg.get("dataset_args", {}) if same else {}))
     if data.num_classes != info["num_classes"]:
         raise UserError(f"the model has {info['num_classes']} classes but {dataset} has "
                         f"{data.num_classes}; pass --dataset (or --num-classes)")
-    eps_default = info.pop("eps_default", None)
-    eps = cfg.eps if cfg.eps is not None else (eps_default or 8 / 255)
-    if not 0 < eps <= 1:
-        raise UserError(f"--eps must lie in (0, 1] in pixel units (e.g. 8/255), got {eps}")
-    for name in cfg.attacks:  # unknown names or a missing AutoAttack fail before any work
-        if name == "aa":
-            from ..attacks.autoattack import import_autoattack
-            import_autoattack()
-        else:
-            make_attack(name, eps, cfg.step_size)
+    eps = cfg.eps if cfg.eps is not None else (info.get("eps_default") or 8 / 255)
+    if "aa" in cfg.attacks:   # a missing AutoAttack fails before any work
+        from ..attacks.autoattack import import_autoattack
+        import_autoattack()
+    if log is not None:
+        if not cfg.dataset:
+            log(f"dataset: {dataset} (the checkpoint's)")
+        est = estimate_seconds(model, data, cfg, device)
+        if est > 60:
+            log(f"estimated duration: about {est / 60:.0f} min on this machine "
+                "(from one timed batch; AutoAttack varies with robustness)")
+    inverse_eps = tuple(cfg.inverse_eps or run_inverse_eps(info))
     torch.manual_seed(cfg.seed)
     gap = training_images(data, run_cfg, cfg.gap_train_images) if cfg.gap_train_images else None
     result = evaluate_model(model, data, attacks=cfg.attacks, eps=eps, step_size=cfg.step_size,
                             n_test=cfg.n_test, gap_train=gap, batch_size=cfg.batch_size,
-                            device=device, progress=progress, seed=cfg.seed,
-                            aa_n=cfg.aa_n, sanity=cfg.sanity,
-                            sanity_n=cfg.sanity_n, curves=cfg.curves,
+                            device=device, progress=progress, seed=cfg.seed, aa_n=cfg.aa_n,
+                            sanity=cfg.sanity, sanity_n=cfg.sanity_n, curves=cfg.curves,
                             curves_n=cfg.curves_n, background=cfg.background,
-                            background_n=cfg.background_n,
-                            inverse_eps=tuple(cfg.inverse_eps or run_inverse_eps(run_cfg)))
+                            background_n=cfg.background_n, inverse_eps=inverse_eps, log=log)
+    card = build_card(result, info, cfg, dataset=dataset, eps=eps,
+                      seconds=time.perf_counter() - t0)
+    validate_card(card)
+    if write:
+        if "curves" in card:
+            plot_card_curves(card, out.with_name(f"{out.stem}_curves.png"))
+        card["path"] = str(save_card(card, out))
+    return card
+
+
+def build_card(result: dict[str, Any], info: dict[str, Any], cfg: EvalConfig, *, dataset: str,
+               eps: float, seconds: float) -> dict[str, Any]:
+    """The result card of one evaluation (see card.py)."""
+    import datetime
     acc = result["accuracy"]
     summary = {k: round(100 * v, 2) for k, v in acc.items()}
     if "robust_gap" in result:
         summary["robust_gap"] = round(100 * result["robust_gap"]["gap"], 2)
     sanity = result.get("sanity", [])
-    card = {
+    return {
         "schema": SCHEMA,
         **{k: info[k] for k in ("checkpoint", "checkpoint_sha256", "source", "weights", "epoch",
                                 "run_dir")},
@@ -259,63 +273,54 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict[str, Any
         **{k: info[k] for k in ("model", "model_kwargs", "num_classes", "normalization", "method",
                                 "method_args", "config_hash")},
         "n_test": result["n_test"], "n_aa": result.get("n_aa"),
-        "attack_settings": attack_settings(cfg.attacks, eps, cfg.step_size),
+        "attack_settings": attack_settings(list(acc), eps, cfg.step_size),
         "accuracy": acc, "summary_percent": summary,
-        **{k: result[k] for k in ("robust_gap", "autoattack", "curves", "background") if k in result},
+        **{k: result[k] for k in ("robust_gap", "autoattack", "curves", "background")
+           if k in result},
         "sanity": sanity, "sanity_failed": [c["check"] for c in sanity if c["status"] == "warn"],
         "unreliable": any(c["status"] == "warn" for c in sanity),
-        "eval_config": {k: v for k, v in asdict(cfg).items()} if hasattr(cfg, "__dataclass_fields__") else {},
-        "seed": cfg.seed,
-        **environment(),
+        "eval_config": asdict(cfg), "seed": cfg.seed, **environment(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
-    src = Path(info["checkpoint"])
-    out = Path(cfg.out) if cfg.out else src.with_name(f"eval_{src.stem}.json")
-    if "curves" in card:
-        png = out.with_name(f"{out.stem}_curves.png")
-        try:
-            from .curves import plot_curves
-            plot_curves([(_label(card), card["curves"])], png)
-            card["curves"]["png"] = str(png)
-        except UserError as e:  # matplotlib missing: the JSON still has the numbers
-            import warnings
-            warnings.warn(f"curves plot skipped: {e}", stacklevel=2)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2)))
-    card["path"] = str(out)
-    return card
 
 
-def _label(card: dict[str, Any]) -> str:
-    return f"{card.get('method') or card.get('model')}"
+def plot_card_curves(card: dict[str, Any], png: Path) -> None:
+    import warnings
+
+    from .card import card_label
+    from .curves import plot_curves
+    try:
+        plot_curves([(card_label(card), card["curves"])], png)
+        card["curves"]["png"] = str(png)
+    except UserError as e:  # matplotlib missing: the JSON still has the numbers
+        warnings.warn(f"curves plot skipped: {e}", stacklevel=2)
+    except OSError as e:
+        warnings.warn(f"curves plot not written ({type(e).__name__}: {png})", stacklevel=2)
 
 
-def format_result(card: dict[str, Any]) -> str:
-    """A small text table of one result, AutoAttack's cascade and any failed sanity check."""
-    rows = [(k, f"{100 * v:.2f}") for k, v in card["accuracy"].items()]
-    if "autoattack" in card:
-        a = card["autoattack"]
-        for attack, v in a["robust_accuracy_after"].items():
-            rows.append((f"  aa: after {attack}", f"{100 * v:.2f}"))
-    if "robust_gap" in card:
-        g = card["robust_gap"]
-        rows.append((f"robust gap (pgd10, {g['n_train']} train imgs)",
-                     f"{100 * g['gap']:.2f} ({100 * g['train']:.2f} - {100 * g['test']:.2f})"))
-    w = max(len(k) for k, _ in rows)
-    aa = f", AA on {card['n_aa']}" if card.get("n_aa") else ""
-    head = (f"{card['model']} / {card['method']} on {card['dataset']} ({card['n_test']} test images"
-            f"{aa}, eps {card['eps_255']}/255)")
-    lines = [head] + [f"  {k:<{w}}  {v}" for k, v in rows]
-    if "curves" in card:
-        c = card["curves"]
-        lines.append("  curves: eps/255 " + " ".join(f"{e:g}" for e in c["eps"]["eps_255"])
-                     + " | PGD-20 " + " ".join(f"{100 * v:.1f}" for v in c["eps"]["pgd20"]))
-    bad = [c for c in card.get("sanity", []) if c["status"] == "warn"]
-    if card.get("sanity"):
-        if bad:
-            lines.append(f"  !! {len(bad)} SANITY CHECK(S) FAILED: this evaluation may over-report robustness")
-            lines += [f"  !! {c['check']}: {c['message']}  [{c['doc']}]" for c in bad]
+def estimate_seconds(model, data: DataBundle, cfg: EvalConfig, device) -> float:
+    """A rough duration of `evaluate_checkpoint` from one timed forward-backward batch:
+    the number of forward-backward passes each attack needs times the measured rate
+    (AutoAttack counted as ~2,000 passes per image, its standard budget on robust images)."""
+    n = min(cfg.n_test or len(data.test_y), len(data.test_y))
+    b = min(32, n)
+    x = data.test_x[:b].to(device).float().div(255).requires_grad_(True)
+    model.eval()
+    torch.autograd.grad(model(x).sum(), x)   # warm-up
+    t = time.perf_counter()
+    torch.autograd.grad(model(x).sum(), x)
+    per_image = (time.perf_counter() - t) / b
+    passes = 0.0
+    for name in cfg.attacks:
+        spec = None if name == "aa" else make_attack(name, 8 / 255, 2 / 255)
+        if name == "aa":
+            passes += 2000 * min(cfg.aa_n or n, n)
         else:
-            ran = sum(c["status"] == "ok" for c in card["sanity"])
-            lines.append(f"  sanity: {ran} checks passed")
-    return "\n".join(lines)
+            passes += n * (1 + (spec.steps if spec is not None else 0))
+    passes += 11 * cfg.gap_train_images * (1 if cfg.gap_train_images else 0)
+    if cfg.curves:
+        passes += (cfg.curves_n or n) * (14 * 21 + sum((1, 5, 10, 20, 50)))
+    if cfg.background and data.splits:
+        passes += len(data.splits) * (cfg.background_n or n) * 12 + 2 * (cfg.background_n or n) * 13
+    return passes * per_image

@@ -1,38 +1,20 @@
-"""Accuracy under attack: clean, PGD-k (CE), CW-inf (PGD-20 on the CW margin), robust gap."""
+"""Accuracy under attack: per-image correctness of a model under an attack (or none)."""
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks import pgd
+from ..modes import model_mode
 
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def make_attack(name: str, eps: float, step_size: float) -> AttackFn | None:
-    """An attack by name: 'clean' (None), 'pgdK' (PGD-K on CE), 'cw' (PGD-20, CW margin),
-    'cwK'. All L-inf, uniform random start, model in eval mode."""
-    m = re.fullmatch(r"(pgd|cw)(\d*)", name)
-    if name == "clean":
-        return None
-    if not m:
-        from ..errors import UserError
-        raise UserError(f"unknown attack '{name}': use clean, pgdK (e.g. pgd20), cw or cwK, "
-                        "or aa for AutoAttack")
-    loss = "ce" if m.group(1) == "pgd" else "cw"
-    steps = int(m.group(2) or (10 if loss == "ce" else 20))
-    return lambda model, x, y: pgd(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                   loss=loss, init="uniform", bn_mode="eval")
 
 
 def correct_under(model, images: torch.Tensor, labels: torch.Tensor, attack: AttackFn | None, *,
                   batch_size: int = 256, device="cpu", desc: str | None = None) -> torch.Tensor:
     """(N,) bool: whether each image (uint8 (N,3,H,W) or float in [0,1]) is classified correctly
     after `attack` (None = clean). The model is evaluated in eval mode; its mode is restored."""
-    from ..modes import model_mode
     out = []
     batches = range(0, len(labels), batch_size)
     with model_mode(model, "eval"):

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..attacks import pgd
 from ..modes import frozen_params, model_mode
+from .attack_spec import AttackSpec
 from .robust import correct_under
 
 DOC = "docs/sanity_checks.md"
@@ -134,8 +134,7 @@ def check_large_eps(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batc
                     device="cpu", seed: int = 0, threshold: float = 0.1) -> dict:
     big = min(1.0, max(LARGE_EPS, 4 * eps))
     torch.manual_seed(seed)
-    attack = lambda m, a, b: pgd(m, a, b, eps=big, step_size=big / 4, steps=20, loss="ce",  # noqa: E731
-                                 init="uniform", bn_mode="eval")
+    attack = AttackSpec("ce", 20, big, big / 4)
     acc = correct_under(model, x, y, attack, batch_size=batch_size, device=device).float().mean().item()
     detail = dict(eps_255=round(big * 255, 2), accuracy=acc, n=len(y), threshold=threshold)
     if acc > threshold:
@@ -241,8 +240,7 @@ def run_sanity_checks(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, st
         c = []
         for steps in (10, 50):
             torch.manual_seed(seed)
-            attack = (lambda m, a, b, k=steps: pgd(m, a, b, eps=eps, step_size=step_size, steps=k,
-                                                   loss="ce", init="uniform", bn_mode="eval"))
+            attack = AttackSpec("ce", steps, eps, step_size)
             c.append(correct_under(model, xs, ys, attack, batch_size=batch_size, device=device))
         c10, c50 = c
     out.append(check_more_steps(c10, c50))

@@ -17,13 +17,14 @@ AT-AWP (−CE on x′) and TRADES-AWP (−TRADES) exactly.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from ..models import unwrap
+from ..schema import NONNEG, OptionSpec, option, specs
 from .base import Method
 from .registry import create_method, method_options, register_method
 
@@ -61,14 +62,15 @@ class AWP(Method):
     name = "awp"
     base_method: ClassVar[str] = "pgd_at"
     base: Method | None = None
-    gamma: float = 0.01
-    proxy_lr: float = 0.01
-    warmup: int = 0
+    gamma: float = option(0.01, "AWP's relative weight-perturbation size γ (0 = off)",
+                          range=NONNEG)
+    proxy_lr: float = option(0.01, "learning rate of the proxy's one ascent step", range=NONNEG)
+    warmup: int = option(0, "epochs (0-based) trained with the plain base method first",
+                         range=NONNEG)
 
     def __init__(self, base: Method | None = None, **options):
-        own = self.own_fields()
-        for key, f in own.items():
-            setattr(self, key, options.pop(key, f.default))
+        for key, spec in self.own_specs().items():
+            setattr(self, key, options.pop(key, spec.default))
         if base is not None and options:
             raise TypeError(f"options {sorted(options)} are for the base method; "
                             "pass them to it, not to AWP")
@@ -76,15 +78,15 @@ class AWP(Method):
         self._proxy, self._saved = None, []
 
     @classmethod
-    def own_fields(cls):
-        return {f.name: f for f in fields(cls) if f.name != "base"}
+    def own_specs(cls) -> dict[str, OptionSpec]:
+        return {k: v for k, v in specs(cls).items() if k != "base"}
 
     @classmethod
-    def option_fields(cls):
-        return {**method_options(cls.base_method), **cls.own_fields()}
+    def option_specs(cls) -> dict[str, OptionSpec]:
+        return {**method_options(cls.base_method), **cls.own_specs()}
 
     def options(self):
-        return {**self.base.options(), **{k: getattr(self, k) for k in self.own_fields()}}
+        return {**self.base.options(), **{k: getattr(self, k) for k in self.own_specs()}}
 
     # --- the per-step work -------------------------------------------------------------
     def inputs(self, model, batch):
@@ -168,9 +170,11 @@ class TradesAWP(AWP):
 
     name = "trades_awp"
     base_method: ClassVar[str] = "trades"
-    gamma: float = 0.005
-    proxy_lr: float = 0.1
-    warmup: int = 9
+    gamma: float = option(0.005, "AWP's relative weight-perturbation size γ (0 = off)",
+                          range=NONNEG)
+    proxy_lr: float = option(0.1, "learning rate of the proxy's one ascent step", range=NONNEG)
+    warmup: int = option(9, "epochs (0-based) trained with the plain base method first",
+                         range=NONNEG)
 
 
 @register_method("dhat_awp")

@@ -4,26 +4,41 @@ The trainer knows no method. It calls, per run, `setup`; per epoch, `start_epoch
 `end_epoch`; per step, `method(model, batch)` then (after `optimizer.step()`) `after_step`.
 A method splits its step into `inputs` (attacks, masks: no parameter gradients) and
 `objective` (the differentiable loss), so that wrappers such as AWP can reuse the inputs.
-Options are dataclass fields, so `create_method(name, **options)` can validate them.
+Options are dataclass fields declared with `dhat.schema.option` (type, default, help,
+range), so the CLI, YAML files and `create_method(name, **options)` validate them alike.
+
+Metrics are 0-d tensors on the training device, never Python floats: reading one is a
+host-device synchronisation, which the trainer does once per log interval, not per step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.loader import Batch
 
+Metrics = dict[str, torch.Tensor]
+
+# Options every attack-based method takes from the run's threat model (TrainConfig's eps,
+# step_size, steps): one source for the budget. They are fields, but never method flags.
+RUN_WIDE = ("eps", "step_size", "steps")
+
 
 @dataclass
 class RunInfo:
-    """What a method may need to know about the run (given once, in `setup`)."""
+    """What a method may need to know about the run (given once, in `setup`).
+    `frozen_models`: modules the trainer loaded for options that name a checkpoint (e.g.
+    DHAT's `cam_model`), by option name. `label_smoothing` applies to every CE training term."""
     num_classes: int
     num_train: int
     epochs: int
     device: torch.device
+    label_smoothing: float = 0.0
+    frozen_models: dict[str, nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,10 +58,10 @@ class Method:
         return {}
 
     def objective(self, model: nn.Module, batch: Batch,
-                  inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+                  inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         return self.objective(model, batch, self.inputs(model, batch))
 
     def after_step(self, model: nn.Module) -> None:
@@ -70,6 +85,14 @@ class Method:
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def ce(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The training cross-entropy, with the run's label smoothing (`--label-smoothing`)."""
+        s = getattr(getattr(self, "info", None), "label_smoothing", 0.0)
+        if s:
+            return F.cross_entropy(logits, y, reduction=reduction, label_smoothing=s)
+        return F.cross_entropy(logits, y, reduction=reduction)
 
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(1) == y).float().mean().item()
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy as a detached 0-d tensor (no host synchronisation)."""
+    return (logits.detach().argmax(1) == y).float().mean()

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 
 from ..modes import BNMode
+from ..schema import UNIT, option
 from .base import accuracy
 from .classwise import ClassWise, class_beta_weight, class_eps, fawa_update
 from .registry import register_method
@@ -40,10 +40,11 @@ class CFA(ClassWise, TRADES):
     """
 
     name = "cfa"
-    mode: Literal["trades", "at"] = "trades"
-    ccr: bool = True
-    ccr_lambda: float = 0.5
-    bn_mode: BNMode | None = None
+    mode: Literal["trades", "at"] = option("trades", "base loss: trades (CCR applies) or at")
+    ccr: bool = option(True, "class-wise TRADES β (CCR) from epoch `begin`")
+    ccr_lambda: float = option(0.5, "CCR's λ2 in β_c = (λ2 + R_c)·β", range=UNIT)
+    bn_mode: BNMode | None = option(None, "BatchNorm mode during the attack; None: eval for "
+                                          "trades, train for at")
 
     def __post_init__(self):
         if self.mode not in ("trades", "at"):
@@ -65,14 +66,14 @@ class CFA(ClassWise, TRADES):
     def objective(self, model, batch, inputs):
         if self.mode == "at":
             z_adv = model(inputs["x_adv"])
-            loss = F.cross_entropy(z_adv, batch.y)
-            metrics = {"ce": loss.item()}
+            loss = self.ce(z_adv, batch.y)
+            metrics = {"ce": loss.detach()}
         else:
             z_nat, z_adv, z_target = self.forwards(model, batch, inputs["x_adv"])
-            ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target)
+            ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target, self.info.label_smoothing)
             b = self.kl_weight(batch.y)
             loss = ((1 - b) * ce + b * kl).mean()
-            metrics = {"ce": ce.mean().item(), "kl": kl.mean().item(),
+            metrics = {"ce": ce.mean().detach(), "kl": kl.mean().detach(),
                        "acc": accuracy(z_nat, batch.y)}
         self.record(z_adv, batch.y)
         return loss, {**metrics, "adv_acc": accuracy(z_adv, batch.y)}

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..attacks import pgd
+from ..schema import NONNEG, UNIT, option
 from .standard import Adversarial
 
 
@@ -52,11 +53,12 @@ class ClassWise(Adversarial):
     (classes absent from the validation set are ignored; no update without it).
     """
 
-    ccm: bool = True
-    ccm_lambda: float = 0.5
-    begin: int = 10
-    fawa_decay: float = 0.88
-    fawa_threshold: float = 0.24
+    ccm: bool = option(True, "class-wise ε for x̂ (CCM) from epoch `begin`")
+    ccm_lambda: float = option(0.5, "CCM's λ1 in ε_c = (λ1 + R_c)·ε", range=UNIT)
+    begin: int = option(10, "first epoch (0-based) of the class-wise calibration", range=NONNEG)
+    fawa_decay: float = option(0.88, "FAWA's decay δ of the averaged weights", range=UNIT)
+    fawa_threshold: float = option(0.24, "FAWA's gate τ on the worst class's validation robust "
+                                         "accuracy", range=UNIT)
 
     def setup(self, info):
         super().setup(info)
@@ -82,11 +84,11 @@ class ClassWise(Adversarial):
                    bn_mode=self.bn_mode)
 
     def record(self, z_adv: torch.Tensor, y: torch.Tensor) -> None:
-        """Count the training forward's correct adversarial predictions per class."""
-        k = len(self.hits)
-        hit = z_adv.detach().argmax(1) == y
-        self.hits += torch.bincount(y[hit], minlength=k)
-        self.seen += torch.bincount(y, minlength=k)
+        """Count the training forward's correct adversarial predictions per class (no host
+        synchronisation: index_add, not bincount or boolean indexing)."""
+        hit = (z_adv.detach().argmax(1) == y).to(self.hits.dtype)
+        self.hits.index_add_(0, y, hit)
+        self.seen.index_add_(0, y, torch.ones_like(hit))
 
     def end_epoch(self, model, epoch, stats):
         out = super().end_epoch(model, epoch, stats)
@@ -102,7 +104,9 @@ class ClassWise(Adversarial):
         if gate:
             self.fawa = fawa_update(self.fawa, model.state_dict(), self.fawa_decay)
         return {**out, "train_class_acc_min": self.train_class_acc.min().item(),
-                "fawa_updated": gate}
+                "fawa_updated": gate, "class_eps_255": [round(255 * e, 4) for e in (
+                    class_eps(self.train_class_acc, self.eps, self.ccm_lambda).tolist()
+                    if self.ccm and epoch + 1 >= self.begin else [self.eps] * len(self.hits))]}
 
     def extra_models(self):
         return {**super().extra_models(), **({"fawa": self.fawa} if self.fawa else {})}

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from ..attacks import inverse_pgd
 from ..cam import grad_cam
-from .batched import forward_parts
+from ..errors import UserError
+from ..schema import NONNEG, UNIT, option
 from .base import accuracy
+from .batched import forward_parts
 from .registry import register_method
 from .standard import Adversarial
 
@@ -61,70 +63,99 @@ FLOE = {"official": floe_official, "paper": floe_paper}
 @register_method("uiat")
 @dataclass
 class UIAT(Adversarial):
-    """UIAT as the DHAT authors ran it (AdverRobust@0fc1c36): x̌ by 10 descent steps of the
-    official inverse loss within ε_inv = 8/255; loss CE(ẑ, y) + β·KL(φ(ẑ) ‖ φ(ž)), β = 3.5,
-    nothing detached. `inverse_loss="ce"` gives UIAT's basic (plain CE descent) form."""
+    """UIAT as the DHAT authors ran it (AdverRobust@0fc1c36, `train_adversarial_UIAT` with
+    `pgd_invserse_attack_UIAT`): x̌ by 10 descent steps of the official inverse loss within
+    ε_inv = 8/255; loss CE(ẑ, y) + β·KL(φ(ẑ) ‖ φ(ž)), β = 3.5, nothing detached.
+    `inverse_loss="ce"` gives UIAT's basic (plain CE descent) form.
+
+    Forwards per step, all in the model's mode (train mode in the authors' code), K steps:
+    K for x̂; f(x) once; then per inverse step f(x̌_t) and a recomputation of f(x̂); the two
+    training forwards f(x̌), f(x̂); and after the optimizer step one more f(x̂) (the authors'
+    accuracy log): 3K + 4, 34 at K = 10. Train-mode BatchNorm never reads its running
+    statistics, so the weights do not depend on these extra forwards, but the running
+    statistics (used by every evaluation) do. `hoist_forwards=True` computes f(x̂) once before
+    the inverse loop and skips the post-step forward (2K + 4 = 24): identical weights,
+    different running statistics."""
 
     name = "uiat"
-    eps_inv: float = 8 / 255
-    beta: float = 3.5
-    inverse_loss: Literal["official", "ce"] = "official"
+    eps_inv: float = option(8 / 255, "L-inf budget ε_inv of the inverse example x̌", budget=True)
+    beta: float = option(3.5, "weight β of KL(φ(ẑ) ‖ φ(ž))", range=NONNEG)
+    inverse_loss: Literal["official", "ce"] = option(
+        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce")
+    hoist_forwards: bool = option(
+        False, "skip the authors' in-loop recomputation of f(x̂) and their post-step forward "
+               "(fewer forwards, same weights, different BN running statistics)")
 
     def inputs(self, model, batch):
         x_adv = self.adversarial(model, batch)
         x_inv = inverse_pgd(model, batch.x, batch.y, eps=self.eps_inv, step_size=self.step_size,
                             steps=self.steps, loss=self.inverse_loss, x_adv=x_adv,
-                            bn_mode=self.bn_mode)
+                            bn_mode=self.bn_mode, recompute_adv=not self.hoist_forwards)
+        self._post_step_x = None if self.hoist_forwards else x_adv
         return {"x_adv": x_adv, "x_inv": x_inv}
 
     def objective(self, model, batch, inputs):
         z_inv = model(inputs["x_inv"])
         z_adv = model(inputs["x_adv"])
-        ce = F.cross_entropy(z_adv, batch.y)
+        ce = self.ce(z_adv, batch.y)
         kl = F.kl_div(F.log_softmax(z_inv, 1), F.softmax(z_adv, 1), reduction="batchmean")
         loss = ce + self.beta * kl
-        return loss, {"ce": ce.item(), "kl": kl.item(), "adv_acc": accuracy(z_adv, batch.y),
+        return loss, {"ce": ce.detach(), "kl": kl.detach(), "adv_acc": accuracy(z_adv, batch.y),
                       "inv_acc": accuracy(z_inv, batch.y)}
+
+    @torch.no_grad()
+    def after_step(self, model):
+        """The authors' post-step forward f(x̂) in the model's (train) mode: it only moves
+        the BatchNorm running statistics, as theirs does."""
+        x = getattr(self, "_post_step_x", None)
+        if x is not None:
+            model(x)
+        self._post_step_x = None
 
 
 @register_method("dhat")
 @dataclass
 class DHAT(Adversarial):
-    """DHAT. Defaults follow the official code (see the spec, dhat.md):
-    ε_inv 4/255, ω 0.1, λ1 = λ2 = 1, official DHLR/FLOE and inverse loss, BN in train mode.
+    """DHAT. Defaults follow the official code: ε_inv 4/255, ω 0.1, λ1 = λ2 = 1, official
+    DHLR/FLOE and inverse loss, BN in train mode (docs/dhat.md says where the paper differs).
 
     cam_model: "self" (the model being trained, eval mode, detached) or the path of a
-    checkpoint of a standard-trained model (the official frozen Grad-CAM network).
-    cam_layer: Grad-CAM layer path; empty = the CAM model's default (last conv stage).
-    batched_forward: compute ẑ, ž, ž_B in one pass with per-part BatchNorm statistics
-    (identical to three passes; see `batched.forward_parts`).
+    checkpoint of a standard-trained model (the official frozen Grad-CAM network); the
+    trainer loads it and hands it over in `RunInfo.frozen_models["cam_model"]`.
     """
 
     name = "dhat"
-    eps_inv: float = 4 / 255
-    omega: float = 0.1
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    dhlr: Literal["official", "paper"] = "official"
-    floe: Literal["official", "paper"] = "official"
-    inverse_loss: Literal["official", "ce"] = "official"
-    cam_model: str = "self"
-    cam_layer: str = ""
-    batched_forward: bool = False
+    eps_inv: float = option(4 / 255, "L-inf budget ε_inv of the inverse example x̌", budget=True)
+    omega: float = option(0.1, "Grad-CAM threshold ω: pixels with M <= ω form the background "
+                               "image x̌_B", range=UNIT)
+    lambda1: float = option(1.0, "weight λ1 of the debiased high-confidence term L_DHLR",
+                            range=NONNEG)
+    lambda2: float = option(1.0, "weight λ2 of the foreground logit orthogonal term L_FLOE",
+                            range=NONNEG)
+    dhlr: Literal["official", "paper"] = option(
+        "official", "L_DHLR form: official KL(φ(ẑ) ‖ φ(ž*)) or paper KL(φ(ž*) ‖ φ(ẑ)), ž* detached")
+    floe: Literal["official", "paper"] = option(
+        "official", "L_FLOE form: official (+, batch-coupled) or paper (−sin∠(ž, ž_B))")
+    inverse_loss: Literal["official", "ce"] = option(
+        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce")
+    cam_model: str = option("self", "Grad-CAM network: 'self' or the path of a --method "
+                                    "standard checkpoint (the official frozen network)",
+                            kind="checkpoint")
+    cam_layer: str = option("", "Grad-CAM layer (dotted path; empty = the CAM model's last "
+                                "convolutional stage)")
+    batched_forward: bool = option(False, "compute ẑ, ž, ž_B in one pass with per-part "
+                                          "BatchNorm (identical to three passes)")
 
     def setup(self, info):
         super().setup(info)
-        if self.dhlr not in DHLR or self.floe not in FLOE:
-            raise ValueError("dhlr and floe must each be 'official' or 'paper'")
-        self._cam_net = None
-        if self.cam_model != "self":
-            from ..checkpoint import load_model
-            self._cam_net = load_model(self.cam_model, device=info.device)
-            self._cam_net.requires_grad_(False).eval()
+        self._cam_net = info.frozen_models.get("cam_model")
+        if self.cam_model != "self" and self._cam_net is None:
+            raise UserError(f"DHAT: cam_model {self.cam_model!r} was not loaded; pass the frozen "
+                            "network in RunInfo.frozen_models['cam_model'] (the trainer does)")
 
     def mask(self, model, batch):
         """Grad-CAM M (B, 1, H, W) of natural x for the true label (constant)."""
-        net = getattr(self, "_cam_net", None) or model
+        net = self._cam_net if self._cam_net is not None else model
         return grad_cam(net, batch.x, batch.y, layer=self.cam_layer or None, bn_mode="eval")
 
     def inputs(self, model, batch):
@@ -146,10 +177,10 @@ class DHAT(Adversarial):
 
     def combine(self, z_adv, z_inv, z_bg, y, inputs):
         """CE(ẑ, y) + λ1·DHLR(ẑ, ž − ž_B) + λ2·FLOE(ž, ž_B), with the metrics."""
-        ce = F.cross_entropy(z_adv, y)
+        ce = self.ce(z_adv, y)
         dhlr = DHLR[self.dhlr](z_adv, z_inv - z_bg)
         floe = FLOE[self.floe](z_inv, z_bg)
         loss = ce + self.lambda1 * dhlr + self.lambda2 * floe
-        return loss, {"ce": ce.item(), "dhlr": dhlr.item(), "floe": floe.item(),
+        return loss, {"ce": ce.detach(), "dhlr": dhlr.detach(), "floe": floe.detach(),
                       "adv_acc": accuracy(z_adv, y), "inv_acc": accuracy(z_inv, y),
-                      "fg_frac": float(inputs["fg_frac"])}
+                      "fg_frac": inputs["fg_frac"].detach()}

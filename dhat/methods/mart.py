@@ -19,19 +19,22 @@ import torch.nn.functional as F
 from ..attacks import pgd
 from ..attacks.pgd import Init
 from ..modes import BNMode
+from ..schema import NONNEG, option
 from .base import accuracy
 from .registry import register_method
 from .standard import Adversarial
 
 
-def mart_terms(z_nat: torch.Tensor, z_adv: torch.Tensor,
-               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three batch-mean terms (CE on x′, margin, weighted KL) of the official MART loss."""
+def mart_terms(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three batch-mean terms (CE on x′, margin, weighted KL) of the official MART loss;
+    `label_smoothing` applies to the CE term only."""
     p_adv = F.softmax(z_adv, 1)
     p_nat = F.softmax(z_nat, 1)
     top2 = p_adv.argsort(1)[:, -2:]  # mart.py:44-46: top-2 unless top-1 is wrong
     y_wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    ce = F.cross_entropy(z_adv, y)
+    ce = (F.cross_entropy(z_adv, y, label_smoothing=label_smoothing) if label_smoothing
+          else F.cross_entropy(z_adv, y))
     margin = F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), y_wrong)
     kl = F.kl_div(torch.log(p_adv + 1e-12), p_nat, reduction="none").sum(1)
     p_true = p_nat.gather(1, y[:, None]).squeeze(1)
@@ -47,9 +50,9 @@ class MART(Adversarial):
     the library threat model; the official values are ε 0.031, α 0.007."""
 
     name = "mart"
-    beta: float = 6.0
-    bn_mode: BNMode = "eval"
-    init: Init = "gauss"
+    beta: float = option(6.0, "weight β of the misclassification-aware KL term", range=NONNEG)
+    bn_mode: BNMode = option("eval", "BatchNorm mode during the attack")
+    init: Init = option("gauss", "attack start: gauss (x + 0.001·N(0, I)), uniform or none")
 
     def inputs(self, model, batch):
         return {"x_adv": pgd(model, batch.x, batch.y, eps=self.eps, step_size=self.step_size,
@@ -58,7 +61,7 @@ class MART(Adversarial):
     def objective(self, model, batch, inputs):
         z_nat = model(batch.x)
         z_adv = model(inputs["x_adv"])
-        ce, margin, kl = mart_terms(z_nat, z_adv, batch.y)
+        ce, margin, kl = mart_terms(z_nat, z_adv, batch.y, self.info.label_smoothing)
         loss = ce + margin + self.beta * kl
-        return loss, {"ce": ce.item(), "margin": margin.item(), "kl": kl.item(),
+        return loss, {"ce": ce.detach(), "margin": margin.detach(), "kl": kl.detach(),
                       "acc": accuracy(z_nat, batch.y), "adv_acc": accuracy(z_adv, batch.y)}

@@ -1,18 +1,17 @@
 """Method registry and factory: `create_method("dhat", dhlr="paper")`."""
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from typing import Any, Callable
 
-from ..errors import UserError, unknown_name
+from ..errors import unknown_name
+from ..schema import OptionSpec, Where, coerce, specs
 from .base import Method
 
 _METHODS: dict[str, Callable[..., Method]] = {}
 
 
 def register_method(name: str):
-    """Register a Method dataclass (or a factory returning one) under `name`."""
+    """Register a Method dataclass (or a class with `option_specs()`) under `name`."""
     def wrap(cls):
         _METHODS[name] = cls
         return cls
@@ -23,24 +22,29 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def method_options(name: str) -> dict[str, dataclasses.Field]:
-    """The option fields a method accepts (for a wrapper: its own and its base's)."""
+def method_options(name: str) -> dict[str, OptionSpec]:
+    """The options a method accepts, typed (for a wrapper such as AWP: its own and its base's)."""
     if name not in _METHODS:
         raise unknown_name("method", name, _METHODS)
     target = _METHODS[name]
-    opts = getattr(target, "option_fields", None)
-    if opts is not None:
-        return opts()
-    return {f.name: f for f in dataclasses.fields(target)}
+    own = getattr(target, "option_specs", None)
+    return own() if own is not None else specs(target)  # type: ignore[arg-type]  # a dataclass
+
+
+def check_method_options(name: str, options: dict[str, Any],
+                         where: Where = Where()) -> dict[str, Any]:
+    """`options` typed and range-checked against the method's options; an unknown name gets
+    the nearest valid one."""
+    valid = method_options(name)
+    out = {}
+    for key, value in options.items():
+        if key not in valid:
+            raise unknown_name(f"option of method '{name}'", where.key(key),
+                               [where.key(k) for k in valid if valid[k].flag])
+        out[key] = coerce(valid[key], value, where.key(key))
+    return out
 
 
 def create_method(name: str, **options: Any) -> Method:
-    """Build a registered method; an unknown option names the nearest valid one."""
-    valid = method_options(name)
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"method '{name}' has no option '{key}'.{hint} "
-                            f"Options: {', '.join(sorted(valid))}")
-    return _METHODS[name](**options)
+    """Build a registered method; options are typed and checked as the CLI checks them."""
+    return _METHODS[name](**check_method_options(name, options))

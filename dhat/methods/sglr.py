@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..modes import BNMode
+from ..schema import NONNEG, UNIT, option
 from .base import accuracy
 from .registry import register_method
 from .standard import Adversarial
@@ -30,8 +31,12 @@ def refine_labels(rows: torch.Tensor, p_clean: torch.Tensor, p_adv: torch.Tensor
     return alpha * rows + (1 - alpha) * (clean_weight * p_clean + (1 - clean_weight) * p_adv)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean_i Σ_c −target_ic · log softmax(logits)_ic."""
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                       label_smoothing: float = 0.0) -> torch.Tensor:
+    """mean_i Σ_c −target_ic · log softmax(logits)_ic; with label smoothing S the target is
+    (1 − S)·target + S/K, as `F.cross_entropy` smooths probability targets."""
+    if label_smoothing:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     return (-F.log_softmax(logits, 1) * target).sum(1).mean()
 
 
@@ -58,10 +63,12 @@ class SGLR(Adversarial):
     """
 
     name = "sglr"
-    alpha: float = 0.9
-    es: int = 90
-    clean_weight: float = 0.2
-    bn_mode: BNMode = "eval"
+    alpha: float = option(0.9, "EMA weight α of the soft-label table", range=UNIT)
+    es: int = option(90, "first epoch (0-based) of label refinement; plain PGD-AT before",
+                     range=NONNEG)
+    clean_weight: float = option(0.2, "weight w of p(x) (vs p(x′)) in the refined label",
+                                 range=UNIT)
+    bn_mode: BNMode = option("eval", "BatchNorm mode during the attack")
 
     def setup(self, info):
         super().setup(info)
@@ -75,8 +82,8 @@ class SGLR(Adversarial):
         with torch.no_grad():
             p_clean = F.softmax(model(batch.x), 1)
             rows = self.soft_labels[batch.index]
-            fresh = rows.sum(1) == 0
-            rows[fresh] = F.one_hot(batch.y[fresh], rows.shape[1]).to(rows.dtype)
+            fresh = (rows.sum(1) == 0)[:, None]   # a row not seen yet starts as one-hot(y)
+            rows = torch.where(fresh, F.one_hot(batch.y, rows.shape[1]).to(rows.dtype), rows)
             rows = refine_labels(rows, p_clean, F.softmax(z_adv.detach(), 1), self.alpha,
                                  self.clean_weight)
             index, all_rows = gather_rows(batch.index, rows)
@@ -87,12 +94,12 @@ class SGLR(Adversarial):
         z_adv = model(inputs["x_adv"])
         metrics = {"adv_acc": accuracy(z_adv, batch.y)}
         if self.epoch < self.es:
-            loss = F.cross_entropy(z_adv, batch.y)
+            loss = self.ce(z_adv, batch.y)
         else:
             target = self.refine(model, batch, z_adv)
-            loss = soft_cross_entropy(z_adv, target)
-            metrics["label_conf"] = target.gather(1, batch.y[:, None]).mean().item()
-        return loss, {"ce": loss.item(), **metrics}
+            loss = soft_cross_entropy(z_adv, target, self.info.label_smoothing)
+            metrics["label_conf"] = target.gather(1, batch.y[:, None]).mean()
+        return loss, {"ce": loss.detach(), **metrics}
 
     def state_dict(self):
         return {"soft_labels": self.soft_labels}

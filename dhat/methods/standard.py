@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from ..attacks import pgd
 from ..modes import BNMode
+from ..schema import AT_LEAST_1, option
 from .base import Method, accuracy
 from .registry import register_method
 
@@ -20,18 +19,20 @@ class Standard(Method):
 
     def objective(self, model, batch, inputs):
         logits = model(batch.x)
-        loss = F.cross_entropy(logits, batch.y)
-        return loss, {"ce": loss.item(), "acc": accuracy(logits, batch.y)}
+        loss = self.ce(logits, batch.y)
+        return loss, {"ce": loss.detach(), "acc": accuracy(logits, batch.y)}
 
 
 @dataclass
 class Adversarial(Method):
-    """Shared options of the methods that train on a PGD example x̂ (CE, uniform start)."""
+    """Shared options of the methods that train on a PGD example x̂ (CE, uniform start).
+    ε, the step size and the step count are the run's threat model (`--eps`, `--step-size`,
+    `--steps`), filled in by the trainer: one source for the budget."""
 
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
-    bn_mode: BNMode = "train"
+    eps: float = option(8 / 255, "L-inf budget of x̂ (the run's --eps)", budget=True, flag=False)
+    step_size: float = option(2 / 255, "PGD step (the run's --step-size)", budget=True, flag=False)
+    steps: int = option(10, "PGD steps (the run's --steps)", range=AT_LEAST_1, flag=False)
+    bn_mode: BNMode = option("train", "BatchNorm mode during the attacks")
 
     def adversarial(self, model, batch):
         """x̂ = PGD-`steps` on CE(f(x̂), y) with a uniform start, BN in `bn_mode`."""
@@ -52,5 +53,5 @@ class PGDAT(Adversarial):
 
     def objective(self, model, batch, inputs):
         logits = model(inputs["x_adv"])
-        loss = F.cross_entropy(logits, batch.y)
-        return loss, {"ce": loss.item(), "adv_acc": accuracy(logits, batch.y)}
+        loss = self.ce(logits, batch.y)
+        return loss, {"ce": loss.detach(), "adv_acc": accuracy(logits, batch.y)}

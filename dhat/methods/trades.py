@@ -16,17 +16,21 @@ from ..attacks import pgd
 from ..attacks.pgd import Init
 from ..models import unwrap_parallel
 from ..modes import BNMode, model_mode
+from ..schema import NONNEG, option
 from .base import accuracy
 from .registry import register_method
 from .standard import Adversarial
 
 
 def trades_terms(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor,
-                 z_target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 z_target: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (B,) CE(z_nat, y) and KL(softmax(z_target) ‖ softmax(z_adv)) summed over
-    classes; z_target defaults to z_nat. Nothing is detached (as in the official code)."""
+    classes; z_target defaults to z_nat. Nothing is detached (as in the official code).
+    `label_smoothing` applies to the CE term only."""
     z_target = z_nat if z_target is None else z_target
-    ce = F.cross_entropy(z_nat, y, reduction="none")
+    ce = (F.cross_entropy(z_nat, y, reduction="none", label_smoothing=label_smoothing)
+          if label_smoothing else F.cross_entropy(z_nat, y, reduction="none"))
     kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_target, 1), reduction="none").sum(1)
     return ce, kl
 
@@ -46,10 +50,11 @@ class TRADES(Adversarial):
     """
 
     name = "trades"
-    beta: float = 6.0
-    bn_mode: BNMode = "eval"
-    init: Init = "gauss"
-    extra_forward: bool = True
+    beta: float = option(6.0, "weight β of the KL robustness term", range=NONNEG)
+    bn_mode: BNMode = option("eval", "BatchNorm mode during the attack")
+    init: Init = option("gauss", "attack start: gauss (x + 0.001·N(0, I)), uniform or none")
+    extra_forward: bool = option(True, "the official third train-mode forward f(x) for the KL "
+                                       "target (same gradients, one more BN update)")
 
     def kl_adversarial(self, model, batch, eps) -> torch.Tensor:
         """x′ = PGD-`steps` ascent on Σ_i KL(p(x_i) ‖ p(x′_i)); eps a float or (B,) tensor.
@@ -72,7 +77,7 @@ class TRADES(Adversarial):
 
     def objective(self, model, batch, inputs):
         z_nat, z_adv, z_target = self.forwards(model, batch, inputs["x_adv"])
-        ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target)
+        ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target, self.info.label_smoothing)
         loss = ce.mean() + self.beta * kl.mean()
-        return loss, {"ce": ce.mean().item(), "kl": kl.mean().item(),
+        return loss, {"ce": ce.mean().detach(), "kl": kl.mean().detach(),
                       "acc": accuracy(z_nat, batch.y), "adv_acc": accuracy(z_adv, batch.y)}

@@ -1,11 +1,13 @@
 """Model registry and factory, in the manner of timm's `create_model`."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from ..errors import unknown_name
+from ..errors import UserError, unknown_name
+from ..schema import Where, coerce_like
 from .base import Classifier
 
 _MODELS: dict[str, Callable[..., Classifier]] = {}
@@ -21,6 +23,30 @@ def register_model(name: str):
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def model_arg_defaults(name: str) -> dict[str, Any]:
+    """The factory's keyword arguments beyond num_classes/mean/std, with their defaults."""
+    if name not in _MODELS:
+        raise unknown_name("model", name, _MODELS)
+    params = inspect.signature(_MODELS[name]).parameters
+    return {k: p.default for k, p in params.items()
+            if k not in ("num_classes", "mean", "std") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def check_model_args(name: str, args: dict[str, Any], where: Where = Where(prefix="model_args.")
+                     ) -> dict[str, Any]:
+    """`args` checked against the factory's signature (nearest name for a typo) and typed by
+    its defaults (width=16 -> int)."""
+    known = model_arg_defaults(name)
+    out = {}
+    for k, v in args.items():
+        if k not in known:
+            if not known:
+                raise UserError(f"model '{name}' takes no arguments, got {where.key(k)}")
+            raise unknown_name(f"argument of model '{name}'", k, known)
+        out[k] = coerce_like(known[k], v, where.key(k))
+    return out
 
 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] | None = None,

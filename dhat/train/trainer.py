@@ -1,41 +1,64 @@
-"""The training loop. It knows no method: it asks `method(model, batch)` for (loss, metrics)."""
+"""The training loop. It knows no method: it asks `method(model, batch)` for (loss, metrics).
+
+Per step nothing is read back from the device: metrics are summed as tensors and read once
+per `log_every` steps and at the end of the epoch (where a non-finite loss is detected and
+the run stops). A checkpoint is written only if it is good: finite weights and buffers and
+finite validation logits. The run directory is locked and overwritten safely (`rundir`).
+"""
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import load_model, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, save_yaml
 from ..data import BatchLoader, load_dataset, validation_split
 from ..errors import UserError
-from ..eval.robust import correct_under, make_attack
+from ..eval.attack_spec import make_attack
+from ..eval.robust import correct_under
 from ..methods import RunInfo, create_method, method_options
+from ..methods.base import RUN_WIDE
 from ..models import create_model, unwrap
 from ..modes import model_mode
 from .distributed import (all_ranks, all_reduce_sum, barrier, broadcast_module,
                           cleanup_distributed, rank_seed, reduce_sums, setup_distributed, shard)
+from .rundir import (RunLock, append_jsonl, check_out_dir, holds_run, read_log, recover,
+                     staging_dir, swap_in, write_log)
 from .schedule import piecewise_lr
+
+# Config fields a resume may always change: they do not alter the training trajectory.
+FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_every")
 
 
 class TrainingDiverged(UserError):
-    """A loss became non-finite; the last good checkpoint is kept."""
+    """A loss or a checkpoint became non-finite; nothing non-finite was saved."""
 
 
 def method_args(cfg: TrainConfig) -> dict[str, Any]:
-    """The method's options: the run-wide eps/step_size/steps where the method has them,
-    overridden by `cfg.method_args`."""
+    """The method's options: the run's threat model (eps, step_size, steps) where the method
+    has them, and `cfg.method_args`."""
     valid = method_options(cfg.method)
-    args = {k: getattr(cfg, k) for k in ("eps", "step_size", "steps") if k in valid}
-    return {**args, **cfg.method_args}
+    return {**{k: getattr(cfg, k) for k in RUN_WIDE if k in valid}, **cfg.method_args}
+
+
+def frozen_models(cfg: TrainConfig, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Load every method option that names a checkpoint (DHAT's cam_model) as a frozen,
+    eval-mode module with no parameter gradients."""
+    out = {}
+    for name, spec in method_options(cfg.method).items():
+        value = cfg.method_args.get(name, spec.default)
+        if spec.kind == "checkpoint" and value != "self":
+            net = load_model(value, device=device)
+            out[name] = net.requires_grad_(False).eval()
+    return out
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -45,34 +68,73 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{name: (saved, current)} over TrainConfig fields and method options (by option name);
+    fields a resume may always change are left out."""
+    defaults = {f: getattr(TrainConfig, f, None) for f in current}
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, v in current.items():
+        old = saved.get(k, defaults.get(k))
+        if k in FREE_ON_RESUME or old == v:
+            continue
+        if k == "method_args" and isinstance(old, dict):
+            for opt in sorted(set(old) | set(v)):
+                if old.get(opt) != v.get(opt):
+                    out[opt] = (old.get(opt), v.get(opt))
+        else:
+            out[k] = (old, v)
+    return out
+
+
 class Trainer:
     """Runs one `TrainConfig` into `cfg.out_dir`: config.yaml, log.jsonl, last.pt, best.pt."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 allow_change: Sequence[str] | None = None):
         self.cfg = cfg.validate()
         self.out = Path(cfg.out_dir)
+        self.allow_change = set(allow_change or ())
         self.dist, self.device = setup_distributed(cfg.device)
-        self._check_out_dir(resume, overwrite)
-        here = resume and (self.out / "last.pt").is_file()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.lock: RunLock | None = None
+        self.changes: dict[str, tuple[Any, Any]] = {}
+        if self.dist.main:
+            check_out_dir(self.out, resume=resume, overwrite=overwrite)
+            self.lock = RunLock(self.out).acquire()
+        try:
+            self._claim(resume, overwrite)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _claim(self, resume: bool, overwrite: bool) -> None:
+        if self.dist.main:
+            recover(self.out)
+        here = resume and holds_run(self.out)
         everywhere = all_ranks(here, self.dist, self.device)       # both collectives on all ranks
         nowhere = all_ranks(not here, self.dist, self.device)
-        self.resume = everywhere
         if not (everywhere or nowhere):
             raise UserError(f"only some processes see {self.out / 'last.pt'}; under torchrun the "
                             "run directory must be on a filesystem that every node shares")
+        self.resume = everywhere
+        if self.resume and self.dist.main:
+            self.changes = self._check_resume_config()
+        self.staged = overwrite and holds_run(self.out)
+        self.run_dir = staging_dir(self.out) if self.staged else self.out
 
-    def _check_out_dir(self, resume: bool, overwrite: bool) -> None:
-        taken = self.out.is_dir() and any(self.out.iterdir())
-        if taken and not (resume or overwrite):
-            raise UserError(f"{self.out} already holds a run; pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another --out-dir")
-        if resume and (self.out / "config.yaml").is_file() and (self.out / "last.pt").is_file():
-            saved = read_checkpoint(self.out / "last.pt")["config"]
-            if saved != json.loads(json.dumps(asdict(self.cfg), default=str)):
-                differing = sorted(k for k in saved if saved.get(k) != asdict(self.cfg).get(k))
-                if any(k not in ("epochs", "progress", "device") for k in differing):
-                    raise UserError(f"--resume with a config that differs from the run's in "
-                                    f"{', '.join(differing)}; resume with the same settings")
+    def _check_resume_config(self) -> dict[str, tuple[Any, Any]]:
+        saved = read_checkpoint(self.out / "last.pt")["config"]
+        current = json.loads(json.dumps(asdict(self.cfg), default=str))
+        changes = config_changes(saved, current)
+        refused = sorted(k for k in changes if k not in self.allow_change)
+        if refused:
+            shown = ", ".join(f"{k} ({changes[k][0]} -> {changes[k][1]})" for k in refused)
+            raise UserError(f"--resume with settings that differ from the run's: {shown}; resume "
+                            f"with the same settings, or accept the change explicitly with "
+                            f"--allow-change {','.join(refused)}")
+        return changes
 
     # --- setup -----------------------------------------------------------------------
     def _build(self):
@@ -82,6 +144,9 @@ class Trainer:
         data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, **cfg.dataset_args)
         if cfg.train_subset:
             data.subset_train(cfg.train_subset, cfg.seed)
+        if cfg.val_size >= len(data.train_y):
+            raise UserError(f"--val-size {cfg.val_size} leaves nothing to train on: "
+                            f"{cfg.dataset} has {len(data.train_y)} training images here")
         train_idx, val_idx = validation_split(data.train_y, cfg.val_size, cfg.seed)
         self.data = data
         view = getattr(data, "train_view", None)   # stored images -> model inputs (imagefolder)
@@ -109,7 +174,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.method = create_method(cfg.method, **method_args(cfg))
         self.method.setup(RunInfo(num_classes=data.num_classes, num_train=len(data.train_y),
-                                  epochs=cfg.epochs, device=self.device))
+                                  epochs=cfg.epochs, device=self.device,
+                                  frozen_models=frozen_models(cfg, self.device)))
         self.net = model
         if cfg.compile:
             self.net = torch.compile(self.net)
@@ -132,10 +198,15 @@ class Trainer:
         self.loader.generator.set_state(rng["data"])
         self.start_epoch, self.best = state["epoch"] + 1, state["best_val_robust"]
         log = self.out / "log.jsonl"
-        if self.dist.main and log.is_file():  # drop lines of an epoch the checkpoint lacks
-            lines = [ln for ln in log.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["epoch"] <= self.start_epoch]
-            log.write_text("".join(ln + "\n" for ln in lines))
+        if self.dist.main:  # drop lines of an epoch the checkpoint lacks (and a torn last line)
+            write_log(log, [r for r in read_log(log) if r.get("epoch", 0) <= self.start_epoch])
+            if self.changes:
+                change = {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()}
+                append_jsonl(self.out / "events.jsonl",
+                             {"event": "resume", "from_epoch": self.start_epoch,
+                              "changed": change, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+                tqdm.write(f"resuming at epoch {self.start_epoch + 1} with changed settings: "
+                           + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()))
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -144,6 +215,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "method": self.cfg.method,
+            "method_options": _plain(self.method.options()),
             "method_state": self.method.state_dict(),
             "extra_models": self.method.extra_models(),
             "epoch": epoch,
@@ -157,36 +229,64 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------
     def fit(self) -> Path:
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> Path:
         cfg, d = self.cfg, self.dist
         self._build()
         if d.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.out / "config.yaml")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+            if not self.resume:
+                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         if self.resume:
             self._restore()
-        elif d.main:
-            (self.out / "log.jsonl").unlink(missing_ok=True)
         barrier(d)
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
             broadcast_module(self.model, d)    # rank 0's BN statistics: every rank validates it
             record.update(self._validate())
+            finite_logits = record.pop("_val_logits_finite")
             record.update(self.method.end_epoch(unwrap(self.model), epoch,
                                                 {"val_class_acc": record.pop("_val_class_acc")}))
             improved = record["val_robust_acc"] > self.best
             self.best = max(self.best, record["val_robust_acc"])
             record["best"] = improved
+            state = self._state(epoch) if d.main else None
+            problem = _not_good(state, finite_logits) if d.main else None
+            if not all_ranks(problem is None, d, self.device):
+                raise self._diverged(f"after epoch {epoch + 1}: {problem or 'another rank'}")
             if d.main:
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                state = self._state(epoch)
-                save_checkpoint(self.out / "last.pt", state)
+                append_jsonl(self.run_dir / "log.jsonl", record)
+                save_checkpoint(self.run_dir / "last.pt", state)
                 if improved:
-                    save_checkpoint(self.out / "best.pt", state)
+                    save_checkpoint(self.run_dir / "best.pt", state)
+                if self.staged:   # the first good checkpoint of an overwrite: swap it in
+                    swap_in(self.out, self.run_dir)
+                    self.staged, self.run_dir = False, self.out
                 if cfg.progress:
                     tqdm.write(_summary(record))
             barrier(d)
         return self.out
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        last = self.out / "last.pt"
+        if holds_run(self.out) and not self.staged:
+            where = (f"the last good checkpoint is {last} (epoch "
+                     f"{read_checkpoint(last)['epoch'] + 1}); continue from it with a lower lr: "
+                     f"--resume --allow-change lr --lr {self.cfg.lr / 10:g}")
+        elif self.staged:
+            where = (f"nothing was saved and {self.out} still holds the old run; lower --lr "
+                     "and --overwrite again")
+        else:
+            where = (f"no good checkpoint exists yet (so {self.out} holds no run); rerun with a "
+                     "lower --lr")
+        return TrainingDiverged(f"training diverged {what}; {where}. Check the method options "
+                                "too")
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, d = self.cfg, self.dist
@@ -197,7 +297,8 @@ class Trainer:
         if d.enabled:   # distinct attack noise per rank; an epoch-boundary resume stays exact
             torch.manual_seed(rank_seed(cfg.seed, epoch, d.rank))
         self.method.start_epoch(epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        bad: dict[str, torch.Tensor] = {}
         n_seen, t0 = 0, time.perf_counter()
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and d.main))
@@ -206,44 +307,57 @@ class Trainer:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
             with autocast(cfg, self.device):
                 loss, metrics = self.method(self.net, batch)
-            if not all_ranks(math.isfinite(loss.item()), d, self.device):  # all ranks stop together
-                bad = next((k for k, v in metrics.items() if not math.isfinite(v)), "loss")
-                raise TrainingDiverged(
-                    f"non-finite loss at epoch {epoch + 1}, step {step + 1} (term '{bad}' = "
-                    f"{metrics.get(bad, loss.item())}); the last good checkpoint is "
-                    f"{self.out / 'last.pt'}. Lower --lr or check the method options")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.after_step(unwrap(self.model))
             b = len(batch.y)
-            metrics = {"loss": loss.item(), **metrics}
+            values = {"loss": loss.detach(), **metrics}
             if cfg.log_clean_acc:
                 with torch.no_grad(), model_mode(self.model, "eval"):
-                    metrics["clean_acc"] = (self.model(batch.x).argmax(1) == batch.y).float().mean().item()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * b
+                    values["clean_acc"] = (self.model(batch.x).argmax(1) == batch.y).float().mean()
+            for k, v in values.items():
+                v = torch.as_tensor(v, device=self.device).detach().float()
+                sums[k] = sums[k] + v * b if k in sums else v * b
+                first = bad.get(k, torch.full((), -1, dtype=torch.long, device=self.device))
+                bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
             n_seen += b
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        sums["_n"] = n_seen
-        sums = reduce_sums(sums, d, self.device)
+            if cfg.log_every and (step + 1) % cfg.log_every == 0:
+                self._log_point(epoch, step, sums, bad, n_seen, bar)
+        self._log_point(epoch, len(self.loader) - 1, sums, bad, n_seen, None)
+        totals = reduce_sums({k: v.item() for k, v in sums.items()} | {"_n": float(n_seen)},
+                             d, self.device)
         secs = time.perf_counter() - t0
-        n = sums.pop("_n")
-        return {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in sums.items()},
+        n = totals.pop("_n")
+        return {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in totals.items()},
                 "images": int(n), "seconds": round(secs, 3), "images_per_s": round(n / secs, 2)}
+
+    def _log_point(self, epoch, step, sums, bad, n_seen, bar) -> None:
+        """The once-per-interval read: stop on a non-finite term (naming the first to go, and
+        its step), show the running loss."""
+        first = {k: int(v) for k, v in bad.items() if int(v) >= 0}
+        term = min(first, key=lambda k: (first[k], k == "loss")) if first else None
+        if not all_ranks(term is None, self.dist, self.device):
+            at = f"at step {first[term] + 1}" if term else f"by step {step + 1}"
+            raise self._diverged(f"in epoch {epoch + 1} {at}: term '{term or 'loss'}' is not "
+                                 "finite")
+        if bar is not None and n_seen:
+            bar.set_postfix(loss=f"{sums['loss'].item() / n_seen:.3f}")
 
     def _validate(self) -> dict[str, Any]:
         """Clean and PGD accuracy on the held-out split; under DDP each rank attacks a strided
         share and the per-class counts are summed, so every rank gets the same numbers."""
         cfg, d = self.cfg, self.dist
         x, y = self.val
-        if len(y) == 0:
-            return {"val_clean_acc": float("nan"), "val_robust_acc": 0.0, "_val_class_acc": None}
         attack = make_attack(f"pgd{cfg.val_steps}", cfg.eps, cfg.step_size)
         model = unwrap(self.model)
         part = shard(len(y), d)
         x, y = x[part], y[part]
+        with torch.no_grad(), model_mode(model, "eval"):
+            probe = x[:64].to(self.device)
+            probe = probe.float().div(255) if probe.dtype == torch.uint8 else probe.float()
+            finite = bool(torch.isfinite(model(probe)).all()) if len(probe) else True
         clean = correct_under(model, x, y, None, batch_size=256, device=self.device)
         robust = correct_under(model, x, y, attack, batch_size=256, device=self.device)
         k = self.data.num_classes
@@ -254,7 +368,23 @@ class Trainer:
         n = total.sum()
         return {"val_clean_acc": (clean_hits.sum() / n).item(),
                 "val_robust_acc": (robust_hits.sum() / n).item(),
-                "_val_class_acc": robust_hits / total}
+                "_val_class_acc": robust_hits / total, "_val_logits_finite": finite}
+
+
+def _not_good(state: dict[str, Any], finite_logits: bool) -> str | None:
+    """Why a checkpoint is not good (non-finite weights, buffers or validation logits), or None."""
+    for name, t in state["model"].items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"the model's '{name}' is not finite"
+    if not finite_logits:
+        return "the validation logits are not finite"
+    return None
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """Method options as JSON-able plain values (for the checkpoint and result cards)."""
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+            for k, v in options.items()}
 
 
 def _from_random_state(state):
@@ -274,10 +404,14 @@ def _summary(r: dict[str, Any]) -> str:
         f" ({r['images_per_s']:.0f} img/s)"
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train per `cfg`; returns the run directory."""
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          allow_change: Sequence[str] | None = None) -> Path:
+    """Train per `cfg`; returns the run directory. `allow_change`: settings (TrainConfig
+    fields or method option names) that a `resume` may change, e.g. ["lr"] after divergence."""
+    trainer = None
     try:
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_change=allow_change)
         return trainer.fit()
     finally:
-        cleanup_distributed(trainer.dist)
+        if trainer is not None:
+            cleanup_distributed(trainer.dist)

@@ -20,7 +20,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..io import file_sha256
+from ..schema import Where, parse_number
 
 NORMALIZATIONS = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
@@ -56,7 +57,6 @@ def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]
     key = text.strip().lower()
     if key in NORMALIZATIONS:
         return NORMALIZATIONS[key]
-    from ..config import parse_number
     try:
         mean_s, std_s = key.split("/") if key.count("/") == 1 else (None, None)
         mean = tuple(parse_number(v) for v in mean_s.split(","))
@@ -71,14 +71,6 @@ def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise UserError(f"--normalization {text!r}: need 3 means and 3 positive stds")
     return mean, std
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -236,7 +228,7 @@ def load_weights_file(path: str | Path, model_name: str | None = None, *, num_cl
     """Build a registered architecture and load a plain state dict into it -> (model in eval
     mode, info). `model_name`/`num_classes`/`model_args` default to a `dhat export` sidecar's
     values; `num_classes` otherwise to the rows of the final linear layer."""
-    from ..models import create_model, list_models
+    from .registry import check_model_args, create_model, list_models
     path = Path(path)
     state = read_state_dict(path)
     meta = read_sidecar(path)
@@ -244,13 +236,10 @@ def load_weights_file(path: str | Path, model_name: str | None = None, *, num_cl
     if not name:
         raise UserError(f"pass --model NAME for {path} (one of: {', '.join(list_models())})")
     kwargs = dict(meta.get("kwargs", {})) if name == meta.get("architecture") else {}
-    kwargs.update(model_args or {})
+    kwargs.update(check_model_args(name, dict(model_args or {}), Where(prefix="--model-arg ")))
     n_cls = num_classes or (meta.get("num_classes") if name == meta.get("architecture") else None) \
         or _infer_num_classes({_strip(k): v for k, v in state.items()}) or 10
-    try:
-        model = create_model(name, num_classes=n_cls, **kwargs)
-    except TypeError as e:
-        raise UserError(f"model {name}: bad --model-arg ({e})") from None
+    model = create_model(name, num_classes=n_cls, **kwargs)
     mapped = map_keys(state, model.state_dict().keys())
     norm = fit_state_dict(model, mapped, source=str(path), normalization=normalization)
     info = {"weights_file": str(path), "sha256": file_sha256(path), "model": name,

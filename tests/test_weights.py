@@ -9,7 +9,7 @@ from torch import nn
 import dhat
 from dhat.cli import main
 from dhat.errors import UserError
-from dhat.eval.thirdparty import load_weights_file, parse_normalization
+from dhat.models.weights import load_weights_file, parse_normalization
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,0 +1,139 @@
+"""`dhat train`: flags -> a TrainConfig -> `dhat.train.train`, then a quick evaluation.
+
+The chosen method's options are flags (`dhat train --method dhat --help` lists DHAT's); the
+method is read from --method, else the YAML file, else the preset, else the default (dhat).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..config import PRESETS, EvalConfig, TrainConfig, build_train_config, read_yaml
+from ..errors import UserError
+from ..methods import list_methods, method_options
+from ..schema import OptionSpec, specs
+from .common import Parser, add_config_options, add_option, flag, given, key_values
+
+QUICK_N = 1000
+TOP_LEVEL = {f for f, s in specs(TrainConfig).items() if s.flag}
+
+
+def chosen_method(argv: list[str]) -> tuple[str, bool]:
+    """(the method these arguments train, whether --method was given), without validating."""
+    p = argparse.ArgumentParser(add_help=False)
+    for name in ("--method", "--preset", "--config"):
+        p.add_argument(name)
+    ns, _ = p.parse_known_args(argv)
+    if ns.method:
+        return ns.method, True
+    if ns.config:
+        try:
+            data = read_yaml(ns.config)
+            if "method" in data:
+                return str(data["method"]), False
+            ns.preset = ns.preset or data.get("preset")
+        except UserError:
+            pass
+    if ns.preset in PRESETS and "method" in PRESETS[ns.preset]:
+        return PRESETS[ns.preset]["method"], False
+    return TrainConfig.__dataclass_fields__["method"].default, False
+
+
+def method_flags(method: str) -> dict[str, OptionSpec]:
+    return {k: s for k, s in method_options(method).items() if s.flag and k not in TOP_LEVEL}
+
+
+def _method_listing() -> str:
+    """Every method's options, grouped by method (the help epilog without --method)."""
+    lines = ["method options (only those of the chosen --method apply; "
+             "`dhat train --method NAME --help` shows one method's):"]
+    for name in list_methods():
+        if name.startswith("_"):
+            continue
+        opts = method_flags(name)
+        lines.append(f"  {name}:" + ("" if opts else " (no options)"))
+        for spec in opts.values():
+            lines.append(f"    {flag(spec.name):<20} {spec.describe()}")
+    return "\n".join(lines)
+
+
+def add_parser(sub, argv: list[str]) -> None:
+    method, explicit = chosen_method(argv)
+    p = sub.add_parser(
+        "train", help="train a model (see --preset, --method)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model. Precedence: defaults < --preset < --config YAML < flags. "
+                    "Budgets are pixel fractions: --eps 8/255.",
+        epilog=None if explicit else _method_listing())
+    p.add_argument("--config", help="YAML file of TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out-dir")
+    p.add_argument("--allow-change", default=None, metavar="NAMES",
+                   help="with --resume: settings that may differ from the run's, comma-separated "
+                        "(e.g. lr,lr_gamma or a method option such as lambda1); logged to "
+                        "events.jsonl")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the quick evaluation after training")
+    g = p.add_argument_group("run settings (TrainConfig)")
+    add_config_options(g, TrainConfig, skip=("preset",))
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"a named preset ({', '.join(sorted(PRESETS))})")
+    g.add_argument("--model-arg", dest="model_args", action="append", default=None,
+                   metavar="KEY=VALUE", help="architecture argument, e.g. width=16")
+    g.add_argument("--dataset-arg", dest="dataset_args", action="append", default=None,
+                   metavar="KEY=VALUE", help="dataset argument, e.g. rho=0.5")
+    if method in list_methods():
+        mg = p.add_argument_group(f"options of method '{method}'")
+        for name, spec in method_flags(method).items():
+            add_option(mg, spec, dest=f"method__{name}")
+    p.set_defaults(run=run, method_for_parse=method)
+
+
+def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    flags: dict[str, Any] = given(ns, TOP_LEVEL | {"preset"})
+    method_args = {k.split("__", 1)[1]: v for k, v in vars(ns).items()
+                   if k.startswith("method__") and v is not None}
+    if method_args:
+        flags["method_args"] = method_args
+    for key in ("model_args", "dataset_args"):
+        if getattr(ns, key):
+            flags[key] = key_values(getattr(ns, key), key.split("_")[0])
+    return build_train_config(ns.config, flags=flags)
+
+
+def unknown_option_error(arg: str, method: str) -> UserError:
+    """For `--beta` under a method without it: say which methods have it."""
+    from ..errors import unknown_name
+    name = arg.split("=")[0]
+    owners = [m for m in list_methods() if not m.startswith("_")
+              and name in {flag(k) for k in method_flags(m)}]
+    if owners:
+        opts = ", ".join(flag(k) for k in method_flags(method)) or "none"
+        return UserError(f"method '{method}' has no option {name} (it is an option of "
+                         f"{', '.join(owners)}); its options: {opts}")
+    known = [flag(k) for k in TOP_LEVEL | set(method_flags(method))]
+    return unknown_name("option of `dhat train`", name, known)
+
+
+def run(ns: argparse.Namespace) -> None:
+    from ..eval import evaluate_checkpoint, format_card
+    from ..train import train
+    cfg = train_config_from_args(ns)
+    allow = [a.strip() for a in (ns.allow_change or "").split(",") if a.strip()]
+    if allow and not ns.resume:
+        raise UserError("--allow-change goes with --resume")
+    out = train(cfg, resume=ns.resume, overwrite=ns.overwrite, allow_change=allow)
+    print(f"run written to {out}")
+    best = out / "best.pt"
+    if ns.no_eval or not best.is_file():
+        return
+    print(f"quick evaluation (clean, PGD-10 and the robust gap on {QUICK_N} images):")
+    card = evaluate_checkpoint(EvalConfig(checkpoint=str(best), attacks=["clean", "pgd10"],
+                                          n_test=QUICK_N, gap_train_images=QUICK_N,
+                                          sanity=False, device=cfg.device,
+                                          out=str(out / "eval_best_quick.json")),
+                               progress=cfg.progress)
+    print(format_card(card))
+    print(f"result written to {card['path']}")
+    print(f"full evaluation (all test images, PGD-10/20/50, CW, sanity checks; add --attacks "
+          f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}")
