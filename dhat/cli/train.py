@@ -128,12 +128,14 @@ def run(ns: argparse.Namespace) -> None:
     if ns.no_eval or not best.is_file():
         return
     print(f"quick evaluation (clean, PGD-10 and the robust gap on {QUICK_N} images):")
+    weights = "ema" if cfg.select == "ema" else "model"
     card = evaluate_checkpoint(EvalConfig(checkpoint=str(best), attacks=["clean", "pgd10"],
                                           n_test=QUICK_N, gap_train_images=QUICK_N,
-                                          sanity=False, device=cfg.device,
+                                          sanity=False, device=cfg.device, weights=weights,
                                           out=str(out / "eval_best_quick.json")),
                                progress=cfg.progress)
     print(format_card(card))
     print(f"result written to {card['path']}")
     print(f"full evaluation (all test images, PGD-10/20/50, CW, sanity checks; add --attacks "
-          f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}")
+          f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}"
+          + (" --weights ema" if weights == "ema" else ""))

@@ -21,7 +21,7 @@ import yaml
 from ..errors import UserError, unknown_name
 from ..io import write_text
 from ..schema import AT_LEAST_1, NONNEG, POSITIVE, Range, Where, coerce, option, specs
-from .presets import PRESET_HINTS, PRESETS
+from .presets import PRESET_HINTS, PRESET_WITH_AUX, PRESETS
 
 DICT_FIELDS = ("method_args", "model_args", "dataset_args")
 
@@ -61,6 +61,27 @@ class TrainConfig:
     milestones: list[int] = option(default_factory=lambda: [100, 105],
                                    help="0-based epochs at which lr is multiplied by lr_gamma")
     lr_gamma: float = option(0.1, "lr factor at each milestone", range=POSITIVE)
+    lr_schedule: Literal["piecewise", "onecycle"] = option(
+        "piecewise", "piecewise (lr_gamma at each milestone) or onecycle (cosine one-cycle with "
+                     "warm-up over lr_warmup of the epochs, per epoch, as torch's OneCycleLR)")
+    lr_warmup: float = option(0.025, "onecycle: fraction of the epochs spent warming up",
+                              range=Range(0, 1, low_open=True, high_open=True))
+    nesterov: bool = option(False, "Nesterov momentum")
+    label_smoothing: float = option(0.0, "label smoothing of every method's cross-entropy "
+                                         "training terms (KL terms untouched)",
+                                    range=Range(0, 1, high_open=True))
+    # weight averaging: an exponential moving average of the weights, validated beside them
+    ema_decay: float = option(0.0, "EMA decay D of the weights (0 = off); effective decay "
+                                   "min(D, (1 + n)/(10 + n)) at step n",
+                              range=Range(0, 1, high_open=True))
+    ema_every: int = option(1, "update the EMA every K optimizer steps", range=AT_LEAST_1)
+    select: Literal["raw", "ema"] = option("raw", "which weights' validation robust accuracy "
+                                                  "selects best.pt")
+    # generated data mixed into every batch (the DM-Improves-AT .npz format)
+    aux_data: str | None = option(None, "an .npz of generated images ('image' uint8 N×32×32×3, "
+                                        "'label' int), read memory-mapped")
+    aux_fraction: float = option(0.0, "fraction of every batch drawn from --aux-data",
+                                 range=Range(0, 1, high_open=True))
     # validation (robust accuracy on the held-out split, every epoch; selects "best")
     val_steps: int = option(10, "PGD steps of the per-epoch validation", range=AT_LEAST_1)
     # run
@@ -156,6 +177,20 @@ def validate_train_config(cfg: TrainConfig, where: Where = Where(),
     if cfg.train_subset and cfg.train_subset <= cfg.val_size:
         raise UserError(f"--train-subset {cfg.train_subset} leaves nothing to train on after "
                         f"the {cfg.val_size}-image validation split: raise it or lower --val-size")
+    if cfg.select == "ema" and not cfg.ema_decay:
+        raise UserError("--select ema needs --ema-decay D (e.g. 0.999)")
+    if bool(cfg.aux_data) != bool(cfg.aux_fraction):
+        raise UserError("--aux-data and --aux-fraction go together (e.g. --aux-data 1m.npz "
+                        "--aux-fraction 0.7)")
+    if cfg.aux_data:
+        from ..data.aux import check_aux_file
+        check_aux_file(cfg.aux_data)
+        if cfg.method == "sglr":
+            raise UserError("sglr keeps one soft label per real training image; it cannot mix "
+                            "in --aux-data")
+        if round(cfg.aux_fraction * cfg.batch_size) >= cfg.batch_size:
+            raise UserError(f"--aux-fraction {cfg.aux_fraction} leaves no real image in a batch "
+                            f"of {cfg.batch_size}")
     check_device(cfg.device)
     _check_frozen_model_paths(cfg)
 
@@ -224,6 +259,11 @@ def build_train_config(yaml_path: str | None = None, preset: str | None = None, 
             else:
                 merged[k] = v
             sources[k] = where
+    if preset in PRESET_WITH_AUX and merged.get("aux_data"):
+        for k, v in PRESET_WITH_AUX[preset].items():
+            if k not in sources or sources[k].source.startswith("preset"):
+                merged[k] = v
+                sources[k] = Where("key", f"preset {preset}")
     cfg = TrainConfig.__new__(TrainConfig)
     defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
                 for f in dataclasses.fields(TrainConfig)}

@@ -32,7 +32,8 @@ from .distributed import (all_ranks, all_reduce_sum, barrier, broadcast_module,
                           cleanup_distributed, rank_seed, reduce_sums, setup_distributed, shard)
 from .rundir import (RunLock, append_jsonl, check_out_dir, holds_run, read_log, recover,
                      staging_dir, swap_in, write_log)
-from .schedule import piecewise_lr
+from .ema import EMA
+from .schedule import onecycle_lr, piecewise_lr
 
 # Config fields a resume may always change: they do not alter the training trajectory.
 FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_every")
@@ -153,15 +154,27 @@ class Trainer:
         val_x = data.train_x[val_idx]
         self.val = (view(val_x) if view else val_x, data.train_y[val_idx])
         gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.batch_size % d.world_size:
-            raise UserError(f"--batch-size {cfg.batch_size} must divide by the "
-                            f"{d.world_size} processes")
-        self.loader = BatchLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.batch_size,
+        k_aux = round(cfg.aux_fraction * cfg.batch_size) if cfg.aux_data else 0
+        if cfg.batch_size % d.world_size or k_aux % d.world_size:
+            raise UserError(f"--batch-size {cfg.batch_size} (and its generated part {k_aux}) "
+                            f"must divide by the {d.world_size} processes")
+        self.loader = BatchLoader(data.train_x[train_idx], data.train_y[train_idx],
+                                  cfg.batch_size - k_aux,
                                   shuffle=True, augment=cfg.augment, drop_last=False,
                                   generator=gen, device=self.device, rank=d.rank,
                                   world_size=d.world_size,
                                   augment_fn=getattr(data, "train_augment", None),
                                   view_fn=view)
+        self.batches: Any = self.loader
+        self.aux_generator = None
+        if k_aux:
+            from ..data.aux import AuxMixer, open_aux
+            images, labels = open_aux(cfg.aux_data)
+            self.aux_generator = torch.Generator().manual_seed(cfg.seed + 1)
+            self.batches = AuxMixer(self.loader, images, labels, k_aux,
+                                    num_classes=data.num_classes,
+                                    size=tuple(data.train_x.shape[-2:]),
+                                    generator=self.aux_generator, augment=cfg.augment)
         self.model_spec = dict(name=cfg.model, num_classes=data.num_classes,
                                mean=list(data.mean), std=list(data.std), kwargs=dict(cfg.model_args))
         model = create_model(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std,
@@ -170,12 +183,15 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.method = create_method(cfg.method, **method_args(cfg))
         self.method.setup(RunInfo(num_classes=data.num_classes, num_train=len(data.train_y),
                                   epochs=cfg.epochs, device=self.device,
+                                  label_smoothing=cfg.label_smoothing,
                                   frozen_models=frozen_models(cfg, self.device)))
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None
+        self._ema_net: torch.nn.Module | None = None
         self.net = model
         if cfg.compile:
             self.net = torch.compile(self.net)
@@ -196,6 +212,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(_to_random_state(rng["python"]))
         self.loader.generator.set_state(rng["data"])
+        if self.aux_generator is not None:
+            self.aux_generator.set_state(rng["aux"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.start_epoch, self.best = state["epoch"] + 1, state["best_val_robust"]
         log = self.out / "log.jsonl"
         if self.dist.main:  # drop lines of an epoch the checkpoint lacks (and a torn last line)
@@ -217,14 +237,17 @@ class Trainer:
             "method": self.cfg.method,
             "method_options": _plain(self.method.options()),
             "method_state": self.method.state_dict(),
-            "extra_models": self.method.extra_models(),
+            "extra_models": {**self.method.extra_models(),
+                             **({"ema": self.ema.state_dict()} if self.ema else {})},
+            "ema": self.ema.state_dict() if self.ema else None,
             "epoch": epoch,
             "best_val_robust": self.best,
             "config": json.loads(json.dumps(asdict(self.cfg), default=str)),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "python": _from_random_state(random.getstate()),
-                    "data": self.loader.generator.get_state()},
+                    "data": self.loader.generator.get_state(),
+                    "aux": self.aux_generator.get_state() if self.aux_generator else None},
         }
 
     # --- loop ------------------------------------------------------------------------
@@ -249,12 +272,17 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
             broadcast_module(self.model, d)    # rank 0's BN statistics: every rank validates it
-            record.update(self._validate())
+            record.update(self._validate(unwrap(self.model)))
             finite_logits = record.pop("_val_logits_finite")
+            if self.ema is not None:
+                ema_rec = self._validate(self._ema_model())
+                finite_logits = finite_logits and ema_rec["_val_logits_finite"]
+                record.update({f"{k}_ema": v for k, v in ema_rec.items() if not k.startswith("_")})
             record.update(self.method.end_epoch(unwrap(self.model), epoch,
                                                 {"val_class_acc": record.pop("_val_class_acc")}))
-            improved = record["val_robust_acc"] > self.best
-            self.best = max(self.best, record["val_robust_acc"])
+            key = "val_robust_acc_ema" if self.cfg.select == "ema" else "val_robust_acc"
+            improved = record[key] > self.best
+            self.best = max(self.best, record[key])
             record["best"] = improved
             state = self._state(epoch) if d.main else None
             problem = _not_good(state, finite_logits) if d.main else None
@@ -290,7 +318,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, d = self.cfg, self.dist
-        lr = piecewise_lr(cfg.lr, epoch, cfg.milestones, cfg.lr_gamma)
+        lr = (onecycle_lr(cfg.lr, epoch, cfg.epochs, cfg.lr_warmup) if cfg.lr_schedule == "onecycle"
+              else piecewise_lr(cfg.lr, epoch, cfg.milestones, cfg.lr_gamma))
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.net.train()
@@ -300,7 +329,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         bad: dict[str, torch.Tensor] = {}
         n_seen, t0 = 0, time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and d.main))
         for step, batch in enumerate(bar):
             if cfg.channels_last:
@@ -312,6 +341,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.after_step(unwrap(self.model))
+            if self.ema is not None:
+                self.ema.update(unwrap(self.model), epoch * len(self.loader) + step + 1)
             b = len(batch.y)
             values = {"loss": loss.detach(), **metrics}
             if cfg.log_clean_acc:
@@ -345,13 +376,22 @@ class Trainer:
         if bar is not None and n_seen:
             bar.set_postfix(loss=f"{sums['loss'].item() / n_seen:.3f}")
 
-    def _validate(self) -> dict[str, Any]:
-        """Clean and PGD accuracy on the held-out split; under DDP each rank attacks a strided
-        share and the per-class counts are summed, so every rank gets the same numbers."""
+    def _ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the averaged weights (made once, refreshed each call)."""
+        if self._ema_net is None:
+            import copy
+            self._ema_net = copy.deepcopy(unwrap(self.model))
+        self._ema_net.load_state_dict(self.ema.state_dict())
+        broadcast_module(self._ema_net, self.dist)   # rank 0's copied BN statistics everywhere
+        return self._ema_net
+
+    def _validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Clean and PGD accuracy of `model` on the held-out split; under DDP each rank attacks
+        a strided share and the per-class counts are summed, so every rank gets the same
+        numbers."""
         cfg, d = self.cfg, self.dist
         x, y = self.val
         attack = make_attack(f"pgd{cfg.val_steps}", cfg.eps, cfg.step_size)
-        model = unwrap(self.model)
         part = shard(len(y), d)
         x, y = x[part], y[part]
         with torch.no_grad(), model_mode(model, "eval"):
