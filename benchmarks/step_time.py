@@ -19,6 +19,7 @@ with `--cpu-memory`, each method runs in a fresh subprocess (an empty heap): one
 batch size 1 (lazy library initialisation), then the growth of the peak resident set (VmHWM)
 during one full step; otherwise 'n/a'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_round(runners: list[Runner], device: torch.device, rep: int) -> None:
+    """One round-robin round: every runner takes one timed step, the order rotated by `rep`
+    so that no method always runs first (or after the same neighbour)."""
+    k = rep % max(len(runners), 1)
+    for r in runners[k:] + runners[:k]:
+        sync(device)
+        t = time.perf_counter()
+        r.step()
+        sync(device)
+        r.times.append(time.perf_counter() - t)
+
+
 def split_spec(spec: str) -> tuple[str, dict]:
-    """'dhat:batched_forward=true,omega=0.2' -> ('dhat', {'batched_forward': True, 'omega': 0.2})."""
+    """'dhat:batched_forward=true,omega=0.2'
+    -> ('dhat', {'batched_forward': True, 'omega': 0.2})."""
     name, _, rest = spec.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
@@ -112,11 +126,22 @@ def build(name: str, config: str, args, device: torch.device, base_state: dict) 
     batch = Batch(x.to(device), y.to(device), torch.arange(args.batch_size, device=device))
     net = torch.compile(model) if "compile" in opts else model
     base_name, options = split_spec(name)
-    cfg = TrainConfig(method=base_name, eps=args.eps, step_size=args.step_size, steps=args.steps,
-                      method_args=options)
+    cfg = TrainConfig(
+        method=base_name,
+        eps=args.eps,
+        step_size=args.step_size,
+        steps=args.steps,
+        method_args=options,
+    )
     method = create_method(base_name, **method_args(cfg))
-    method.setup(RunInfo(num_classes=args.num_classes, num_train=args.batch_size,
-                         epochs=max(args.epoch + 1, 110), device=device))
+    method.setup(
+        RunInfo(
+            num_classes=args.num_classes,
+            num_train=args.batch_size,
+            epochs=max(args.epoch + 1, 110),
+            device=device,
+        )
+    )
     method.start_epoch(args.epoch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     return Runner(name, config, model, net, method, opt, batch, device, [])
@@ -135,11 +160,11 @@ def _proc_status(key: str) -> int:
 def cpu_step_memory(runner: Runner) -> float | None:
     """Growth of the peak RSS during one step (MiB), or None where /proc lacks it."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:   # "5": reset VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
             f.write("5")
         before = _proc_status("VmRSS")
         runner.step()
-        return (_proc_status("VmHWM") - before) / 2 ** 20
+        return (_proc_status("VmHWM") - before) / 2**20
     except (OSError, KeyError):
         return None
 
@@ -150,7 +175,7 @@ def cuda_step_memory(runner: Runner) -> float:
     torch.cuda.reset_peak_memory_stats(runner.device)
     runner.step()
     sync(runner.device)
-    return (torch.cuda.max_memory_allocated(runner.device) - before) / 2 ** 20
+    return (torch.cuda.max_memory_allocated(runner.device) - before) / 2**20
 
 
 def probe_cpu_memory(name: str, config: str, argv: list[str]) -> float | None:
@@ -174,7 +199,8 @@ def hardware(device: torch.device) -> str:
         pass
     cores = os.cpu_count()
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host {cpu}, {cores} cores"
+        gpu = torch.cuda.get_device_name(device)
+        return f"{gpu} (CUDA {torch.version.cuda}); host {cpu}, {cores} cores"
     return f"{cpu}, {cores} cores (CPU run)"
 
 
@@ -183,9 +209,9 @@ def fmt_mem(v) -> str:
 
 
 def table(rows: list[dict], args, device, load: tuple[float, float], wall: float) -> str:
+    margs = " " + json.dumps(args.model_args) if args.model_args else ""
     lines = [
-        f"# Step time: `{args.model}`{' ' + json.dumps(args.model_args) if args.model_args else ''}, "
-        f"batch {args.batch_size}, {args.image_size}px",
+        f"# Step time: `{args.model}`{margs}, batch {args.batch_size}, {args.image_size}px",
         "",
         f"- hardware: {hardware(device)}",
         f"- torch {torch.__version__}, python {platform.python_version()}, "
@@ -199,35 +225,53 @@ def table(rows: list[dict], args, device, load: tuple[float, float], wall: float
     ]
     if args.note:
         lines.append(f"- note: {args.note}")
-    lines += ["", "| method | config | s/step (median) | min-max | img/s | × pgd_at | "
-              f"step mem MiB ({'CUDA peak' if device.type == 'cuda' else 'RSS growth'}) |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| method | config | s/step (median) | min-max | img/s | × pgd_at | "
+        f"step mem MiB ({'CUDA peak' if device.type == 'cuda' else 'RSS growth'}) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     ref = {r["config"]: r["median"] for r in rows if r["method"] == "pgd_at" and "median" in r}
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['config']} | failed: {r['error']} | | | | |")
             continue
         ratio = f"{r['median'] / ref[r['config']]:.2f}" if r["config"] in ref else "-"
-        lines.append(f"| {r['method']} | {r['config']} | {r['median']:.3f} | "
-                     f"{r['min']:.3f}-{r['max']:.3f} | {args.batch_size / r['median']:.1f} | "
-                     f"{ratio} | {fmt_mem(r['mem'])} |")
+        lines.append(
+            f"| {r['method']} | {r['config']} | {r['median']:.3f} | "
+            f"{r['min']:.3f}-{r['max']:.3f} | {args.batch_size / r['median']:.1f} | "
+            f"{ratio} | {fmt_mem(r['mem'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="preact_resnet18")
-    p.add_argument("--model-arg", dest="model_args", action="append", default=[],
-                   metavar="KEY=VALUE", help="e.g. width=16 (JSON values: 16, \"imagenet\")")
+    p.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='e.g. width=16 (JSON values: 16, "imagenet")',
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--methods", nargs="*", default=None,
-                   help="default: every registered method whose name does not start with '_'; "
-                        "NAME:KEY=VALUE,... sets method options, e.g. dhat:batched_forward=true")
-    p.add_argument("--configs", nargs="*", default=["fp32"],
-                   help=f"each one of {', '.join(CONFIGS)} or a '+' combination, e.g. "
-                        "bf16+channels_last")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="default: every registered method whose name does not start with '_'; "
+        "NAME:KEY=VALUE,... sets method options, e.g. dhat:batched_forward=true",
+    )
+    p.add_argument(
+        "--configs",
+        nargs="*",
+        default=["fp32"],
+        help=f"each one of {', '.join(CONFIGS)} or a '+' combination, e.g. bf16+channels_last",
+    )
     p.add_argument("--reps", type=int, default=5, help="timed steps per method (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     p.add_argument("--steps", type=int, default=10, help="attack steps (PGD-K)")
@@ -237,8 +281,11 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu-memory", action="store_true",
-                   help="on CPU, measure each method's step memory in a fresh subprocess")
+    p.add_argument(
+        "--cpu-memory",
+        action="store_true",
+        help="on CPU, measure each method's step memory in a fresh subprocess",
+    )
     p.add_argument("--out", default=None, help="also write benchmarks/results/<OUT>.md")
     p.add_argument("--note", default="", help="a line added to the report")
     p.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
@@ -264,15 +311,16 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     torch.manual_seed(args.seed)
     base = create_model(args.model, num_classes=args.num_classes, **args.model_args).state_dict()
 
-    if args._probe:                                  # one cold step in this fresh process
+    if args._probe:  # one cold step in this fresh process
         name, config = args._probe.split(":", 1)
         small = argparse.Namespace(**{**vars(args), "batch_size": 1})
-        build(name, config, small, device, copy.deepcopy(base)).step()   # lazy library init
+        build(name, config, small, device, copy.deepcopy(base)).step()  # lazy library init
         runner = build(name, config, args, device, base)
         print("PROBE " + json.dumps(cpu_step_memory(runner)), flush=True)
         return 0
@@ -302,21 +350,29 @@ def main(argv=None) -> int:
             r.mem = mem
             runners.append(r)
             print(f"[{config}] {name}: warmed up", file=sys.stderr, flush=True)
-        for rep in range(args.reps):                 # round-robin, rotating the order
-            k = rep % len(runners)
-            for r in runners[k:] + runners[:k]:
-                sync(device)
-                t = time.perf_counter()
-                r.step()
-                sync(device)
-                r.times.append(time.perf_counter() - t)
-            print(f"[{config}] round {rep + 1}/{args.reps}: " + ", ".join(
-                f"{r.name} {r.times[-1]:.2f}s" for r in runners), file=sys.stderr, flush=True)
+        for rep in range(args.reps):  # round-robin, rotating the order
+            timed_round(runners, device, rep)
+            print(
+                f"[{config}] round {rep + 1}/{args.reps}: "
+                + ", ".join(f"{r.name} {r.times[-1]:.2f}s" for r in runners),
+                file=sys.stderr,
+                flush=True,
+            )
         for r in runners:
-            rows.append(dict(method=r.name, config=config, median=statistics.median(r.times),
-                             min=min(r.times), max=max(r.times), mem=r.mem))
+            rows.append(
+                dict(
+                    method=r.name,
+                    config=config,
+                    median=statistics.median(r.times),
+                    min=min(r.times),
+                    max=max(r.times),
+                    mem=r.mem,
+                )
+            )
         del runners
-    report = table(rows + rows_err, args, device, (load0, os.getloadavg()[0]), time.perf_counter() - t0)
+    report = table(
+        rows + rows_err, args, device, (load0, os.getloadavg()[0]), time.perf_counter() - t0
+    )
     print(report)
     if args.out:
         out = Path(__file__).resolve().parent / "results" / f"{args.out}.md"

@@ -4,6 +4,7 @@ Matches pytorch-grad-cam's GradCAM as the official DHAT code uses it: channel we
 the spatial mean of the gradients, ReLU, per-image min-max to [0, 1], bilinear upsampling
 to the input size, then (`renormalise=True`, the official path) per-image min-max again.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,15 @@ def minmax(cam: torch.Tensor) -> torch.Tensor:
     return flat.view_as(cam)
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
-             layer: str | nn.Module | None = None, bn_mode: BNMode = "eval",
-             renormalise: bool = True) -> torch.Tensor:
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    layer: str | nn.Module | None = None,
+    bn_mode: BNMode = "eval",
+    renormalise: bool = True,
+) -> torch.Tensor:
     """Grad-CAM maps of `target` classes: x (B, 3, H, W), target (B,) -> (B, 1, H, W) in [0, 1].
 
     The map is a constant (detached). The model's mode, parameter gradients and hooks are

@@ -3,6 +3,7 @@
 A training checkpoint is a dict of tensors and plain values (torch.save); it is loaded
 with `weights_only=True`. A model can also be exported as a plain safetensors state dict.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,20 +31,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/foreign files
-        raise UserError(f"{path} is not a readable dhat checkpoint ({type(e).__name__}); "
-                        "pass a last.pt/best.pt written by `dhat train`") from None
+        raise UserError(
+            f"{path} is not a readable dhat checkpoint ({type(e).__name__}); "
+            "pass a last.pt/best.pt written by `dhat train`"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a dhat checkpoint (no '{FORMAT}' tag); for a plain "
-                        "state dict use `dhat eval --weights-file FILE --model NAME`")
+        raise UserError(
+            f"{path} is not a dhat checkpoint (no '{FORMAT}' tag); for a plain "
+            "state dict use `dhat eval --weights-file FILE --model NAME`"
+        )
     return state
 
 
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     from .models import create_model
+
     spec = state["model_spec"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], mean=spec["mean"],
-                         std=spec["std"], **spec.get("kwargs", {}))
+    model = create_model(
+        spec["name"],
+        num_classes=spec["num_classes"],
+        mean=spec["mean"],
+        std=spec["std"],
+        **spec.get("kwargs", {}),
+    )
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -55,7 +66,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     if weights != "model":
         extra = state.get("extra_models", {})
         if weights not in extra:
-            raise UserError(f"{path} holds no '{weights}' weights; it has: "
-                            f"{', '.join(['model', *extra]) }")
+            raise UserError(
+                f"{path} holds no '{weights}' weights; it has: {', '.join(['model', *extra])}"
+            )
         state = {**state, "model": extra[weights]}
     return model_from_state(state, device)

@@ -1,8 +1,9 @@
 """User-facing errors: the CLI prints one line and exits with status 2."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class UserError(Exception):

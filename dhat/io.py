@@ -5,14 +5,16 @@ Every file dhat writes (checkpoints, config.yaml, result cards, exports, plots) 
 onto the target, so a reader (or a crash) never sees a partial file, and the file gets the
 mode an ordinary `open(path, "w")` would (0666 minus the umask).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def current_umask() -> int:

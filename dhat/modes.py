@@ -1,4 +1,5 @@
 """Explicit train/eval mode for a block of code, restored exactly afterwards."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

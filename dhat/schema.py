@@ -10,6 +10,7 @@ Numbers: 0.031, 1e-3 and fractions such as 8/255 are all accepted wherever a flo
 pixel budget (ε, ε_inv, a step size) is a float in (0, 1]: "8" is refused with the hint
 "8/255", so every command reads "8" the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,6 +81,7 @@ def parse_bool(v: Any, where: str = "value") -> bool:
 @dataclass(frozen=True)
 class Range:
     """An interval; `low_open`/`high_open` exclude the end points."""
+
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -97,26 +99,40 @@ class Range:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         if self.low is None:
             return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return (f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
+        return (
+            f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            f"{')' if self.high_open else ']'}"
+        )
 
 
-BUDGET = Range(0, 1, low_open=True)    # ε, ε_inv, step sizes: (0, 1]
-UNIT = Range(0, 1)                      # probabilities, thresholds: [0, 1]
+BUDGET = Range(0, 1, low_open=True)  # ε, ε_inv, step sizes: (0, 1]
+UNIT = Range(0, 1)  # probabilities, thresholds: [0, 1]
 NONNEG = Range(0)
 POSITIVE = Range(0, low_open=True)
 AT_LEAST_1 = Range(1)
 
 
-def option(default: Any = MISSING, help: str = "", *, range: Range | None = None,
-           budget: bool = False, default_factory: Any = MISSING, flag: bool = True,
-           kind: str = "") -> Any:
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    range: Range | None = None,
+    budget: bool = False,
+    default_factory: Any = MISSING,
+    flag: bool = True,
+    kind: str = "",
+) -> Any:
     """A dataclass field that is a user option: its help text, its range, whether it is a
     pixel budget (then its range is (0, 1] and '8' gets the '8/255' hint), whether the CLI
     offers it as a flag, and its `kind` ("checkpoint": a path the trainer loads as a frozen
     model unless it is 'self')."""
-    meta = {"help": help, "range": BUDGET if budget else range, "budget": budget, "flag": flag,
-            "kind": kind}
+    meta = {
+        "help": help,
+        "range": BUDGET if budget else range,
+        "budget": budget,
+        "flag": flag,
+        "kind": kind,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -126,6 +142,7 @@ def option(default: Any = MISSING, help: str = "", *, range: Range | None = None
 @dataclass(frozen=True)
 class OptionSpec:
     """What one option accepts: from a dataclass field's type hint and metadata."""
+
     name: str
     type: Any
     default: Any
@@ -178,12 +195,23 @@ def specs(cls: type) -> dict[str, OptionSpec]:
         if f.name.startswith("_"):
             continue
         t, optional = _unwrap_optional(hints.get(f.name, Any))
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+        )
         m = f.metadata
-        out[f.name] = OptionSpec(f.name, t, default, m.get("help", ""), m.get("range"),
-                                 m.get("budget", False), m.get("flag", True), optional,
-                                 m.get("kind", ""))
+        out[f.name] = OptionSpec(
+            f.name,
+            t,
+            default,
+            m.get("help", ""),
+            m.get("range"),
+            m.get("budget", False),
+            m.get("flag", True),
+            optional,
+            m.get("kind", ""),
+        )
     return out
 
 
@@ -196,8 +224,9 @@ def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
     t = spec.type
     if spec.choices:
         if value not in spec.choices:
-            raise UserError(f"{where}: must be one of {', '.join(map(str, spec.choices))}, "
-                            f"got {value!r}")
+            raise UserError(
+                f"{where}: must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+            )
         return value
     if t is bool:
         return parse_bool(value, where)
@@ -212,8 +241,10 @@ def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
     elif typing.get_origin(t) is list or t is list:
         items = value if isinstance(value, (list, tuple)) else None
         if items is None:
-            raise UserError(f"{where}: expected a list (e.g. [100, 105] in YAML, or several "
-                            f"values after the flag), got {value!r}")
+            raise UserError(
+                f"{where}: expected a list (e.g. [100, 105] in YAML, or several "
+                f"values after the flag), got {value!r}"
+            )
         (inner,) = typing.get_args(t) or (Any,)
         item_spec = dataclasses.replace(spec, type=inner, optional=False)
         return [coerce(item_spec, v, where) if inner is not Any else v for v in items]
@@ -224,12 +255,15 @@ def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
     else:
         return value
     if spec.range is not None and not spec.budget and x not in spec.range:
-        raise UserError(f"{where} must be {spec.range}"
-                        if spec.range.high is None else f"{where} must lie in {spec.range}, got {value}")
+        raise UserError(
+            f"{where} must be {spec.range}"
+            if spec.range.high is None
+            else f"{where} must lie in {spec.range}, got {value}"
+        )
     return x
 
 
-def coerce_all(cls: type, data: dict[str, Any], where: "Where") -> dict[str, Any]:
+def coerce_all(cls: type, data: dict[str, Any], where: Where) -> dict[str, Any]:
     """Coerce every key of `data` against `cls`'s specs; an unknown key names the nearest."""
     known = specs(cls)
     out = {}
@@ -243,6 +277,7 @@ def coerce_all(cls: type, data: dict[str, Any], where: "Where") -> dict[str, Any
 @dataclass(frozen=True)
 class Where:
     """How to name a key in an error: as a flag (--eps-inv) or as a YAML/API key."""
+
     kind: Literal["flag", "key"] = "key"
     source: str = ""
     prefix: str = ""

@@ -9,6 +9,7 @@ object mask (foreground IoU) and with the rest of the image (background IoU). Wr
 
     python experiments/attention_study.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from dhat.analysis.attention import attention_iou, attention_maps, save_overlay_grid
+from dhat.analysis.attention import attention_iou, attention_maps
+from dhat.analysis.overlay import save_overlay_grid
 from dhat.checkpoint import load_model
 from dhat.config import TrainConfig
 from dhat.data import load_dataset
@@ -40,12 +42,28 @@ def variants(args) -> dict[str, tuple[str, dict]]:
 
 def train_config(args, name: str, method: str, method_args: dict) -> TrainConfig:
     return TrainConfig(
-        dataset="shapes", dataset_args={"n_train": args.n_train, "n_test": args.n_test,
-                                        "rho": args.rho, "seed": args.data_seed},
-        val_size=args.val_size, model=args.model, model_args={"width": args.width},
-        method=method, method_args=method_args, steps=args.train_steps, val_steps=args.train_steps,
-        epochs=args.epochs, milestones=args.milestones, batch_size=128, lr=args.lr,
-        out_dir=str(args.out / "runs" / name), seed=args.seed, progress=args.progress)
+        dataset="shapes",
+        dataset_args={
+            "n_train": args.n_train,
+            "n_test": args.n_test,
+            "rho": args.rho,
+            "seed": args.data_seed,
+        },
+        val_size=args.val_size,
+        model=args.model,
+        model_args={"width": args.width},
+        method=method,
+        method_args=method_args,
+        steps=args.train_steps,
+        val_steps=args.train_steps,
+        epochs=args.epochs,
+        milestones=args.milestones,
+        batch_size=128,
+        lr=args.lr,
+        out_dir=str(args.out / "runs" / name),
+        seed=args.seed,
+        progress=args.progress,
+    )
 
 
 def git_commit() -> str:
@@ -57,24 +75,42 @@ def git_commit() -> str:
 
 def measure(args, name: str, cfg: TrainConfig, data) -> dict:
     model = load_model(Path(cfg.out_dir) / "best.pt")
-    x, y, m = data.test_x[:args.n_eval], data.test_y[:args.n_eval], data.test_masks[:args.n_eval]
+    x, y, m = data.test_x[: args.n_eval], data.test_y[: args.n_eval], data.test_masks[: args.n_eval]
     clean = correct_under(model, x, y, None).float().mean().item()
-    robust = correct_under(model, x, y, make_attack("pgd10", 8 / 255, 2 / 255)).float().mean().item()
-    att = attention_iou(model, x, y, m, threshold=args.threshold, inverse_eps=args.inverse_eps / 255)
+    robust = (
+        correct_under(model, x, y, make_attack("pgd10", 8 / 255, 2 / 255)).float().mean().item()
+    )
+    att = attention_iou(
+        model, x, y, m, threshold=args.threshold, inverse_eps=args.inverse_eps / 255
+    )
     inv = next(iter(att["inverse"].values()))
-    return {"variant": name, "method": cfg.method, "method_args": cfg.method_args,
-            "clean": clean, "pgd10": robust, "fg_iou": att["fg_iou"], "bg_iou": att["bg_iou"],
-            "cam_area": att["cam_area"], "inv_fg_iou": inv["fg_iou"], "inv_bg_iou": inv["bg_iou"],
-            "attention": att}
+    return {
+        "variant": name,
+        "method": cfg.method,
+        "method_args": cfg.method_args,
+        "clean": clean,
+        "pgd10": robust,
+        "fg_iou": att["fg_iou"],
+        "bg_iou": att["bg_iou"],
+        "cam_area": att["cam_area"],
+        "inv_fg_iou": inv["fg_iou"],
+        "inv_bg_iou": inv["bg_iou"],
+        "attention": att,
+    }
 
 
 def table(rows: list[dict], args) -> str:
-    lines = [f"| variant | clean | PGD-10 | fg IoU | bg IoU | CAM area | fg IoU (x̌ {args.inverse_eps:g}/255) | bg IoU (x̌) | train min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | clean | PGD-10 | fg IoU | bg IoU | CAM area | "
+        f"fg IoU (x̌ {args.inverse_eps:g}/255) | bg IoU (x̌) | train min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {100 * r['clean']:.1f} | {100 * r['pgd10']:.1f} | "
-                     f"{r['fg_iou']:.3f} | {r['bg_iou']:.3f} | {r['cam_area']:.3f} | "
-                     f"{r['inv_fg_iou']:.3f} | {r['inv_bg_iou']:.3f} | {r['train_seconds'] / 60:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {100 * r['clean']:.1f} | {100 * r['pgd10']:.1f} | "
+            f"{r['fg_iou']:.3f} | {r['bg_iou']:.3f} | {r['cam_area']:.3f} | "
+            f"{r['inv_fg_iou']:.3f} | {r['inv_bg_iou']:.3f} | {r['train_seconds'] / 60:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -84,8 +120,9 @@ def overlay(args, names: list[str], data) -> None:
         model = load_model(args.out / "runs" / name / "best.pt")
         x, y, m = data.test_x[:200], data.test_y[:200], data.test_masks[:200]
         cams = attention_maps(model, x, y)
-        save_overlay_grid(args.out / f"overlay_{name}.png", x, m, cams, y, data.class_names,
-                          per_class=2)
+        save_overlay_grid(
+            args.out / f"overlay_{name}.png", x, m, cams, y, data.class_names, per_class=2
+        )
 
 
 def main(argv=None) -> int:
@@ -105,7 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--inverse-eps", type=float, default=8, help="inverse images for the x̌ columns, /255")
+    p.add_argument(
+        "--inverse-eps", type=float, default=8, help="inverse images for the x̌ columns, /255"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
@@ -113,9 +152,18 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     todo = {k: v for k, v in variants(args).items() if not args.only or k in args.only}
     cfgs = {k: train_config(args, k, *v) for k, v in todo.items()}
-    (args.out / "study.json").write_text(json.dumps(
-        {"commit": git_commit(), "argv": sys.argv, "torch": torch.__version__,
-         "configs": {k: asdict(c) for k, c in cfgs.items()}}, indent=2, default=str))
+    (args.out / "study.json").write_text(
+        json.dumps(
+            {
+                "commit": git_commit(),
+                "argv": sys.argv,
+                "torch": torch.__version__,
+                "configs": {k: asdict(c) for k, c in cfgs.items()},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     data = load_dataset("shapes", n_train=0, n_test=args.n_test, seed=args.data_seed)
     rows = []
     for name, cfg in cfgs.items():
@@ -124,12 +172,19 @@ def main(argv=None) -> int:
         row = measure(args, name, cfg, data)
         row["train_seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: clean {row['clean']:.3f} pgd10 {row['pgd10']:.3f} "
-              f"fg {row['fg_iou']:.3f} bg {row['bg_iou']:.3f}", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: clean {row['clean']:.3f} "
+            f"pgd10 {row['pgd10']:.3f} "
+            f"fg {row['fg_iou']:.3f} bg {row['bg_iou']:.3f}",
+            flush=True,
+        )
         (args.out / "results.md").write_text(table(rows, args) + "\n")
         (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    overlay(args, [n for n in ("pgd_at", f"uiat_inv{max(args.uiat_eps):g}", "dhat_official")
-                   if n in cfgs], data)
+    overlay(
+        args,
+        [n for n in ("pgd_at", f"uiat_inv{max(args.uiat_eps):g}", "dhat_official") if n in cfgs],
+        data,
+    )
     print(table(rows, args))
     return 0
 

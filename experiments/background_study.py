@@ -15,6 +15,7 @@ without one), and the robust gap, each with a 95 % bootstrap interval over test 
 
 Finished runs and cards are reused, so an interrupted study continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,21 +56,39 @@ def git_commit() -> str:
 def train_config(args, name: str, seed: int) -> TrainConfig:
     method, method_args = variants()[name]
     return TrainConfig(
-        dataset="fashion_scenes", data_root=args.data_root,
+        dataset="fashion_scenes",
+        data_root=args.data_root,
         dataset_args={"n_train": args.n_train, "n_test": args.n_test, "rho": args.rho},
-        val_size=args.val_size, augment=args.augment, model="small_cnn",
+        val_size=args.val_size,
+        augment=args.augment,
+        model="small_cnn",
         model_args={"width": args.width},
-        method=method, method_args=dict(method_args), steps=args.train_steps,
-        val_steps=args.train_steps, epochs=args.epochs, milestones=args.milestones,
-        batch_size=128, lr=args.lr, out_dir=str(args.out / "runs" / f"{name}_s{seed}"),
-        seed=seed, progress=args.progress)
+        method=method,
+        method_args=dict(method_args),
+        steps=args.train_steps,
+        val_steps=args.train_steps,
+        epochs=args.epochs,
+        milestones=args.milestones,
+        batch_size=128,
+        lr=args.lr,
+        out_dir=str(args.out / "runs" / f"{name}_s{seed}"),
+        seed=seed,
+        progress=args.progress,
+    )
 
 
 def eval_config(args, run_dir: Path, card: Path) -> EvalConfig:
-    return EvalConfig(checkpoint=str(run_dir / "best.pt"), data_root=args.data_root,
-                      attacks=["clean", "pgd10"], n_test=args.n_test,
-                      gap_train_images=args.gap_train_images, background_n=args.n_test,
-                      sanity=True, sanity_n=100, out=str(card))
+    return EvalConfig(
+        checkpoint=str(run_dir / "best.pt"),
+        data_root=args.data_root,
+        attacks=["clean", "pgd10"],
+        n_test=args.n_test,
+        gap_train_images=args.gap_train_images,
+        background_n=args.n_test,
+        sanity=True,
+        sanity_n=100,
+        out=str(card),
+    )
 
 
 def run_one(args, name: str, seed: int) -> dict:
@@ -85,8 +104,12 @@ def run_one(args, name: str, seed: int) -> dict:
         train(cfg, resume=last.is_file(), overwrite=not last.is_file())
     train_s = time.perf_counter() - t0
     card = evaluate_checkpoint(eval_config(args, run_dir, card_path), progress=args.progress)
-    card.update(variant=name, seed=seed, train_seconds=round(train_s, 1),
-                log=[json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()])
+    card.update(
+        variant=name,
+        seed=seed,
+        train_seconds=round(train_s, 1),
+        log=[json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()],
+    )
     card_path.write_text(json.dumps(card, indent=2))
     return card
 
@@ -102,8 +125,12 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--val-size", type=int, default=500)
     p.add_argument("--gap-train-images", type=int, default=1000)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
-                   help="crop + flip (off: the budget then fits the training set better)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="crop + flip (off: the budget then fits the training set better)",
+    )
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--milestones", type=int, nargs="*", default=[6, 7])
@@ -118,26 +145,38 @@ def main(argv=None) -> int:
     if args.report:
         sys.path.insert(0, str(Path(__file__).parent))
         from background_report import write_report
+
         write_report(args.out, data_root=args.data_root)
         return 0
     record = args.out / "study.json"
     meta = json.loads(record.read_text()) if record.is_file() else {"invocations": []}
-    meta["invocations"].append({"commit": git_commit(), "argv": sys.argv, "seeds": args.seeds,
-                                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "torch": torch.__version__, "threads": args.threads})
+    meta["invocations"].append(
+        {
+            "commit": git_commit(),
+            "argv": sys.argv,
+            "seeds": args.seeds,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "torch": torch.__version__,
+            "threads": args.threads,
+        }
+    )
     meta.setdefault("configs", {}).update(
-        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants})
+        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants}
+    )
     meta["eval_config"] = asdict(eval_config(args, Path("RUN"), Path("CARD")))
     record.write_text(json.dumps(meta, indent=2, default=str))
     for seed in args.seeds:
         for name in args.variants:
             card = run_one(args, name, seed)
             b = card["background"]
-            print(f"[{time.strftime('%H:%M:%S')}] {name} s{seed}: mixed_same "
-                  f"{b['accuracy']['mixed_same']['clean']['value']:.3f} mixed_rand "
-                  f"{b['accuracy']['mixed_rand']['clean']['value']:.3f} BG-gap "
-                  f"{b['bg_gap']['clean']['value']:.3f} pgd10 {card['accuracy']['pgd10']:.3f} "
-                  f"({card['train_seconds'] / 60:.1f} min)", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {name} s{seed}: mixed_same "
+                f"{b['accuracy']['mixed_same']['clean']['value']:.3f} mixed_rand "
+                f"{b['accuracy']['mixed_rand']['clean']['value']:.3f} BG-gap "
+                f"{b['bg_gap']['clean']['value']:.3f} pgd10 {card['accuracy']['pgd10']:.3f} "
+                f"({card['train_seconds'] / 60:.1f} min)",
+                flush=True,
+            )
     return 0
 
 

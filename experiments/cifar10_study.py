@@ -14,6 +14,7 @@ weights, different BatchNorm running statistics). Writes `results.md` (from the 
     python experiments/cifar10_study.py --seeds 1 &
     python experiments/cifar10_study.py --report
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,21 +52,40 @@ def git_commit() -> str:
 def train_config(args, name: str, seed: int) -> TrainConfig:
     method, method_args = VARIANTS[name]
     return TrainConfig(
-        dataset="cifar10", data_root=args.data_root, train_subset=args.train_subset,
-        val_size=args.val_size, model="preact_resnet18", model_args={"width": args.width},
-        method=method, method_args=dict(method_args), steps=args.train_steps,
-        epochs=args.epochs, milestones=args.milestones, batch_size=128, lr=0.1,
-        val_steps=args.train_steps, ema_decay=args.ema_decay,
-        out_dir=str(args.out / "runs" / f"{name}_s{seed}"), seed=seed, progress=args.progress)
+        dataset="cifar10",
+        data_root=args.data_root,
+        train_subset=args.train_subset,
+        val_size=args.val_size,
+        model="preact_resnet18",
+        model_args={"width": args.width},
+        method=method,
+        method_args=dict(method_args),
+        steps=args.train_steps,
+        epochs=args.epochs,
+        milestones=args.milestones,
+        batch_size=128,
+        lr=0.1,
+        val_steps=args.train_steps,
+        ema_decay=args.ema_decay,
+        out_dir=str(args.out / "runs" / f"{name}_s{seed}"),
+        seed=seed,
+        progress=args.progress,
+    )
 
 
 def eval_config(args, run_dir: Path, card: Path, weights: str = "model") -> EvalConfig:
     full = weights == "model"
-    return EvalConfig(checkpoint=str(run_dir / "best.pt"), data_root=args.data_root,
-                      weights=weights, n_test=args.n_test, aa_n=args.aa_n if full else 0,
-                      attacks=["clean", "pgd10", "pgd20", "cw", "aa"] if full else
-                      ["clean", "pgd10"], gap_train_images=args.gap_train_images,
-                      sanity=full, out=str(card))
+    return EvalConfig(
+        checkpoint=str(run_dir / "best.pt"),
+        data_root=args.data_root,
+        weights=weights,
+        n_test=args.n_test,
+        aa_n=args.aa_n if full else 0,
+        attacks=["clean", "pgd10", "pgd20", "cw", "aa"] if full else ["clean", "pgd10"],
+        gap_train_images=args.gap_train_images,
+        sanity=full,
+        out=str(card),
+    )
 
 
 def run_one(args, name: str, seed: int) -> list[dict]:
@@ -89,8 +109,9 @@ def run_one(args, name: str, seed: int) -> list[dict]:
         if path.is_file():
             out.append(read_card(path))
             continue
-        card = evaluate_checkpoint(eval_config(args, run_dir, path, weights),
-                                   progress=args.progress)
+        card = evaluate_checkpoint(
+            eval_config(args, run_dir, path, weights), progress=args.progress
+        )
         meta = {"variant": name, "seed": seed, "weights": weights, "train_seconds": train_s}
         (path.with_suffix(".meta.json")).write_text(json.dumps(meta, indent=2))
         out.append(card)
@@ -112,9 +133,13 @@ def main(argv=None) -> int:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--n-test", type=int, default=5000)
     p.add_argument("--gap-train-images", type=int, default=2000)
-    p.add_argument("--aa-n", type=int, default=200,
-                   help="standard AutoAttack on the first N test images (~2 min per 100 images "
-                        "per model on this CPU)")
+    p.add_argument(
+        "--aa-n",
+        type=int,
+        default=200,
+        help="standard AutoAttack on the first N test images (~2 min per 100 images "
+        "per model on this CPU)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only (re)write the table and figure")
     p.add_argument("--progress", action="store_true")
@@ -124,24 +149,34 @@ def main(argv=None) -> int:
     if args.report:
         sys.path.insert(0, str(Path(__file__).parent))
         from cifar10_report import write_report
+
         write_report(args.out)
         return 0
     record = args.out / "study.json"
     meta = json.loads(record.read_text()) if record.is_file() else {}
     meta.setdefault("invocations", []).append(
-        {"commit": git_commit(), "argv": sys.argv, "seeds": args.seeds,
-         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-         "threads": args.threads})
+        {
+            "commit": git_commit(),
+            "argv": sys.argv,
+            "seeds": args.seeds,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "torch": torch.__version__,
+            "threads": args.threads,
+        }
+    )
     meta.setdefault("configs", {}).update(
-        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants})
+        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants}
+    )
     meta["eval_config"] = asdict(eval_config(args, Path("RUN"), Path("CARD")))
     record.write_text(json.dumps(meta, indent=2, default=str))
     for seed in args.seeds:
         for name in args.variants:
             for card in run_one(args, name, seed):
-                print(f"[{time.strftime('%H:%M:%S')}] {name} s{seed} ({card['weights']}): "
-                      f"{ {k: round(100 * v, 2) for k, v in card['accuracy'].items()} }",
-                      flush=True)
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] {name} s{seed} ({card['weights']}): "
+                    f"{ {k: round(100 * v, 2) for k, v in card['accuracy'].items()} }",
+                    flush=True,
+                )
     return 0
 
 

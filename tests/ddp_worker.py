@@ -1,11 +1,15 @@
-"""One training run for tests/test_distributed.py, as a script torchrun can start.
+"""Training runs for tests/test_distributed.py, as a script torchrun can start.
 
-`python tests/ddp_worker.py OUT_DIR JSON [PARAMS_DIR]` trains `TrainConfig(**BASE, **JSON)`
-on the "blobs" toy dataset (registered here: torchrun's processes do not run conftest.py);
-JSON may hold `"resume": true`. Under `torchrun --nproc_per_node 2` every process runs it and
-the trainer joins the group. With PARAMS_DIR, each rank saves its final parameters there as
-rank<R>.pt (to check that DDP kept them equal).
+`python tests/ddp_worker.py JOBS` runs, one after the other in this process, each job of the
+JSON list JOBS, `{"out_dir": ..., "overrides": {...}, "params_dir": ... (optional)}`:
+`TrainConfig(**BASE, **overrides)` on the "blobs" toy dataset (registered here: torchrun's
+processes do not run conftest.py); overrides may hold `"resume": true`. Under
+`torchrun --nproc_per_node 2` every process runs them and the first trainer joins the group
+(the later ones use it). With params_dir, each rank saves its final parameters there as
+rank<R>.pt (to check that DDP kept them equal). Several jobs share one start of Python and
+torch per process (seconds each on a small CI box).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,29 +25,46 @@ from conftest import register_blobs  # noqa: E402  (the same toy data as the pyt
 from dhat.config import TrainConfig  # noqa: E402
 from dhat.train import Trainer  # noqa: E402
 
-BASE = dict(dataset="blobs", model="small_cnn", model_args={"width": 4}, epochs=1, batch_size=32,
-            val_size=40, steps=1, val_steps=1, lr=0.05, milestones=[], progress=False,
-            device="cpu")
+BASE = dict(
+    dataset="blobs",
+    model="small_cnn",
+    model_args={"width": 4},
+    epochs=1,
+    batch_size=32,
+    val_size=40,
+    steps=1,
+    val_steps=1,
+    lr=0.05,
+    milestones=[],
+    progress=False,
+    device="cpu",
+)
 
 
 def run(out_dir: str, overrides: dict, params_dir: str | None = None) -> Path:
     register_blobs()
     overrides = dict(overrides)
     resume = overrides.pop("resume", False)
-    trainer = Trainer(TrainConfig(**{**BASE, **overrides, "out_dir": out_dir}), resume=resume,
-                      overwrite=not resume)
+    trainer = Trainer(
+        TrainConfig(**{**BASE, **overrides, "out_dir": out_dir}),
+        resume=resume,
+        overwrite=not resume,
+    )
     out = trainer.fit()
     if params_dir:
         Path(params_dir).mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()},
-                   Path(params_dir) / f"rank{trainer.dist.rank}.pt")
+        torch.save(
+            {k: v.detach().cpu() for k, v in trainer.model.named_parameters()},
+            Path(params_dir) / f"rank{trainer.dist.rank}.pt",
+        )
     return out
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    run(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
-        sys.argv[3] if len(sys.argv) > 3 else None)
+    for job in json.loads(sys.argv[1]):
+        run(job["out_dir"], job.get("overrides", {}), job.get("params_dir"))
     import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,20 +1,18 @@
 """Attention analysis: IoU, boxes, overlays, and Grad-CAM IoU on a model with a known CAM."""
-import argparse
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_checkpoint
 from PIL import Image
 from torch import nn
 
-from dhat.analysis import attention as att
 from dhat.analysis.attention import attention_iou, attention_maps, boxes_to_masks, iou
 from dhat.analysis.overlay import save_overlay_grid
 from dhat.errors import UserError
-from dhat.models import Classifier, create_model
-
-from conftest import make_checkpoint
+from dhat.models import Classifier
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,8 +24,12 @@ def _box(h, w, r0, r1, c0, c1):
 
 
 def test_iou_closed_form():
-    pred = torch.stack([_box(8, 8, 2, 6, 2, 6), _box(8, 8, 0, 2, 0, 2), torch.zeros(8, 8, dtype=torch.bool)])
-    gt = torch.stack([_box(8, 8, 2, 6, 3, 7), _box(8, 8, 4, 8, 4, 8), torch.zeros(8, 8, dtype=torch.bool)])
+    pred = torch.stack(
+        [_box(8, 8, 2, 6, 2, 6), _box(8, 8, 0, 2, 0, 2), torch.zeros(8, 8, dtype=torch.bool)]
+    )
+    gt = torch.stack(
+        [_box(8, 8, 2, 6, 3, 7), _box(8, 8, 4, 8, 4, 8), torch.zeros(8, 8, dtype=torch.bool)]
+    )
     got = iou(pred, gt)
     # 4x4 boxes overlapping 4x3: 12 / (16 + 16 - 12); disjoint: 0; both empty: 1 by convention
     assert torch.allclose(got, torch.tensor([12 / 20, 0.0, 1.0], dtype=torch.float64))
@@ -37,7 +39,7 @@ def test_iou_closed_form():
 
 
 def test_boxes_to_masks_hand_example():
-    m = boxes_to_masks([[1, 2, 4, 3]], 4, 5)               # x1 y1 x2 y2, exclusive ends
+    m = boxes_to_masks([[1, 2, 4, 3]], 4, 5)  # x1 y1 x2 y2, exclusive ends
     want = torch.zeros(1, 4, 5, dtype=torch.bool)
     want[0, 2, 1:4] = True
     assert torch.equal(m, want)
@@ -73,9 +75,9 @@ class KnownCam(Classifier):
 
 def _known_batch():
     x = torch.zeros(3, 3, 8, 8)
-    x[0, 0, 2:6, 2:6] = 1.0        # attention: rows 2-5, cols 2-5 (16 px)
-    x[1, 0, 0:2, 0:4] = 0.9        # attention: rows 0-1, cols 0-3 (8 px)
-    x[1, 0, 4:8, 4:8] = 0.3        # below the threshold after min-max (0.3 / 0.9)
+    x[0, 0, 2:6, 2:6] = 1.0  # attention: rows 2-5, cols 2-5 (16 px)
+    x[1, 0, 0:2, 0:4] = 0.9  # attention: rows 0-1, cols 0-3 (8 px)
+    x[1, 0, 4:8, 4:8] = 0.3  # below the threshold after min-max (0.3 / 0.9)
     x[2, 0, 2:6, 2:6] = 1.0
     masks = torch.stack([_box(8, 8, 2, 6, 3, 7), _box(8, 8, 0, 4, 0, 4), _box(8, 8, 2, 6, 2, 6)])
     y = torch.tensor([0, 0, 2])
@@ -105,7 +107,7 @@ def test_attention_iou_hand_computed():
     assert res["bg_iou"] == pytest.approx(sum(bg) / 3)
     assert res["cam_area"] == pytest.approx((16 + 8 + 16) / 64 / 3)
     assert res["mask_area"] == pytest.approx((16 + 16 + 16) / 64 / 3)
-    assert res["accuracy"] == pytest.approx(1 / 3)             # the model always says class 2
+    assert res["accuracy"] == pytest.approx(1 / 3)  # the model always says class 2
     per = {r["cls"]: r for r in res["per_class"]}
     assert set(per) == {0, 2} and per[0]["n"] == 2 and per[2]["n"] == 1
     assert per[0]["fg_iou"] == pytest.approx((fg[0] + fg[1]) / 2)
@@ -127,7 +129,9 @@ def test_attention_iou_inverse_images_keep_a_robust_map():
     assert set(res["inverse"]) == {"4/255", "2/255"}
     inv = res["inverse"]["4/255"]
     assert inv["eps"] == pytest.approx(4 / 255)
-    assert inv["fg_iou"] == pytest.approx(res["fg_iou"]) and inv["bg_iou"] == pytest.approx(res["bg_iou"])
+    assert inv["fg_iou"] == pytest.approx(res["fg_iou"]) and inv["bg_iou"] == pytest.approx(
+        res["bg_iou"]
+    )
 
 
 def test_attention_iou_bad_input():
@@ -147,8 +151,16 @@ def test_overlay_png(tmp_path, use_mpl):
     masks = torch.rand(12, 16, 16, generator=g) > 0.5
     cams = torch.rand(12, 16, 16, generator=g)
     labels = torch.arange(12) % 3
-    path = save_overlay_grid(tmp_path / "sub" / "grid.png", images, masks, cams, labels,
-                             ["a", "b", "c"], per_class=2, use_matplotlib=use_mpl)
+    path = save_overlay_grid(
+        tmp_path / "sub" / "grid.png",
+        images,
+        masks,
+        cams,
+        labels,
+        ["a", "b", "c"],
+        per_class=2,
+        use_matplotlib=use_mpl,
+    )
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     with Image.open(path) as im:
@@ -159,13 +171,27 @@ def test_overlay_png(tmp_path, use_mpl):
 
 def attention(*argv):
     from dhat.cli import main
+
     return main(["attention", *map(str, argv)])
 
 
 def test_cli_attention_defaults_to_the_checkpoints_dataset(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
-    assert attention(ckpt, "--n", 40, "--inverse-eps", "4/255", "2/255", "--device", "cpu",
-                     "--overlay", tmp_path / "ov.png") == 0
+    assert (
+        attention(
+            ckpt,
+            "--n",
+            40,
+            "--inverse-eps",
+            "4/255",
+            "2/255",
+            "--device",
+            "cpu",
+            "--overlay",
+            tmp_path / "ov.png",
+        )
+        == 0
+    )
     out = json.loads((ckpt.parent / "attention.json").read_text())
     assert out["n"] == 40 and out["dataset"] == "shapes"
     assert out["dataset_source"] == "the checkpoint's"
@@ -180,22 +206,33 @@ def test_cli_attention_defaults_to_the_checkpoints_dataset(tmp_path, capsys):
 
 def att_class_names():
     from dhat.data.shapes import CLASS_NAMES
+
     return CLASS_NAMES
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--inverse-eps", "abc"], "--inverse-eps"),
-    (["--inverse-eps", "8"], "8/255"),
-    (["--n", "0"], "--n"),
-    (["--n", "4", "--layer", "nope"], "layer 'nope'"),
-    (["--dataset", "nomask"], "no ground-truth masks"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--inverse-eps", "abc"], "--inverse-eps"),
+        (["--inverse-eps", "8"], "8/255"),
+        (["--n", "0"], "--n"),
+        (["--n", "4", "--layer", "nope"], "layer 'nope'"),
+        (["--dataset", "nomask"], "no ground-truth masks"),
+    ],
+)
 def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys, args, needle):
     from dhat.data import datasets
-    bundle = datasets.DataBundle("nomask", torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
-                                 torch.zeros(2, dtype=torch.long),
-                                 torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
-                                 torch.zeros(2, dtype=torch.long), 10, (0.5,) * 3, (0.5,) * 3)
+
+    bundle = datasets.DataBundle(
+        "nomask",
+        torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(2, dtype=torch.long),
+        10,
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     monkeypatch.setitem(datasets._DATASETS, "nomask", lambda root=None, **_: bundle)
     ckpt = make_checkpoint(tmp_path / "m.pt")
     assert attention(ckpt, "--device", "cpu", "--out", tmp_path / "a.json", *args) == 2
@@ -206,16 +243,35 @@ def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys, args, needl
 
 def test_cli_boxes_become_masks(tmp_path, monkeypatch, capsys):
     from dhat.data import datasets
+
     ckpt = make_checkpoint(tmp_path / "m.pt")
-    bundle = datasets.DataBundle("boxed", torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
-                                 torch.zeros(6, dtype=torch.long),
-                                 torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8),
-                                 torch.arange(6) % 10, 10, (0.5,) * 3, (0.5,) * 3)
+    bundle = datasets.DataBundle(
+        "boxed",
+        torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(6, dtype=torch.long),
+        torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8),
+        torch.arange(6) % 10,
+        10,
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     monkeypatch.setitem(datasets._DATASETS, "boxed", lambda root=None, **_: bundle)
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps([[0, 0, 16, 16]] * 4))        # boxes for the first 4 images
-    assert attention(ckpt, "--dataset", "boxed", "--boxes", boxes, "--device", "cpu",
-                     "--out", tmp_path / "a.json") == 0
+    boxes.write_text(json.dumps([[0, 0, 16, 16]] * 4))  # boxes for the first 4 images
+    assert (
+        attention(
+            ckpt,
+            "--dataset",
+            "boxed",
+            "--boxes",
+            boxes,
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "a.json",
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "a.json").read_text())
     assert res["n"] == 4 and res["mask_area"] == pytest.approx(0.25)
     boxes.write_text(json.dumps([[1, 2, 3]]))

@@ -1,4 +1,5 @@
 """Baselines: TRADES, MART, AWP (and its wrappers), SGLR, CFA, DHAT-CFA (spec: baselines.md)."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ class Logits(nn.Module):
 
 
 def info(num_classes=K, num_train=16):
-    return RunInfo(num_classes=num_classes, num_train=num_train, epochs=1,
-                   device=torch.device("cpu"))
+    return RunInfo(
+        num_classes=num_classes, num_train=num_train, epochs=1, device=torch.device("cpu")
+    )
 
 
 def ready(method, epoch=0, **kw):
@@ -54,8 +56,11 @@ def softmax_hand(z):
 
 def image_batch(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.rand(b, 3, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g),
-                 torch.arange(b))
+    return Batch(
+        torch.rand(b, 3, 32, 32, generator=g),
+        torch.randint(0, 10, (b,), generator=g),
+        torch.arange(b),
+    )
 
 
 def tiny_model(seed=0):
@@ -84,13 +89,19 @@ def test_trades_loss_matches_hand_computation_with_nothing_detached():
 
 def test_trades_defaults():
     m = create_method("trades")
-    assert (m.beta, m.bn_mode, m.init, m.eps, m.step_size) == (6.0, "eval", "gauss", 8 / 255,
-                                                                2 / 255)
+    assert (m.beta, m.bn_mode, m.init, m.eps, m.step_size) == (
+        6.0,
+        "eval",
+        "gauss",
+        8 / 255,
+        2 / 255,
+    )
 
 
 # --- MART ----------------------------------------------------------------------------------
 def mart_hand(z_nat, z_adv, y, beta):
     """The official MART loss, sample by sample in float32 (stabilisers as constants)."""
+
     def f(v):
         return torch.tensor(v, dtype=torch.float32)
 
@@ -101,8 +112,9 @@ def mart_hand(z_nat, z_adv, y, beta):
         y_hat = order[-2] if order[-1] == t else order[-1]
         ce = -math.log(pa[t])
         margin = -torch.log(f(1.0001) - f(pa[y_hat]) + f(1e-12)).item()
-        kl = sum(p * (math.log(p) - torch.log(f(q) + f(1e-12)).item())
-                 for p, q in zip(pn, pa) if p > 0)
+        kl = sum(
+            p * (math.log(p) - torch.log(f(q) + f(1e-12)).item()) for p, q in zip(pn, pa) if p > 0
+        )
         total += ce + margin + beta * kl * (f(1.0000001) - f(pn[t])).item()
     return total / len(y)
 
@@ -132,8 +144,7 @@ def test_mart_wrong_class_comes_from_p_adv_and_stabilisers_are_exact():
     assert math.isfinite(kl.item()) and kl.item() > 0
     kl_raw = -torch.log(torch.tensor(1e-12))  # Σ p log p − p log(p' + 1e-12), p = e_0, p'_0 = 0
     assert kl.item() == pytest.approx((kl_raw * (1.0000001 - one)).item(), rel=1e-5)
-    loss, _ = ready(create_method("mart")).objective(Logits(), Batch(z_nat, y, y),
-                                                      {"x_adv": z_adv})
+    loss, _ = ready(create_method("mart")).objective(Logits(), Batch(z_nat, y, y), {"x_adv": z_adv})
     assert torch.isfinite(loss)
 
 
@@ -154,8 +165,7 @@ def test_awp_perturbs_multidim_weights_by_gamma_norm_and_restores_exactly():
     for k, w in before.items():
         if "weight" in k and w.dim() > 1:
             n_perturbed += 1
-            assert (after[k] - w).norm().item() == pytest.approx(0.01 * w.norm().item(),
-                                                                 rel=1e-4)
+            assert (after[k] - w).norm().item() == pytest.approx(0.01 * w.norm().item(), rel=1e-4)
         else:  # biases, BN affine parameters and buffers are untouched
             assert torch.equal(after[k], w), k
     assert n_perturbed == 5  # four convs and the linear layer
@@ -183,8 +193,12 @@ def test_awp_direction_ascends_the_base_loss():
     model, batch, method = awp_on_tiny(gamma=0.01)
     inputs = method.inputs(model, batch)
     loss, _ = method.base.objective(model, batch, inputs)
-    grads = dict(zip([k for k, _ in model.named_parameters()],
-                     torch.autograd.grad(loss, list(model.parameters()))))
+    grads = dict(
+        zip(
+            [k for k, _ in model.named_parameters()],
+            torch.autograd.grad(loss, list(model.parameters())),
+        )
+    )
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     method.perturb(model, batch, inputs)
     for k, p in model.named_parameters():
@@ -251,8 +265,9 @@ def test_sglr_table_update_and_soft_ce():
 
 def test_sglr_pure_functions():
     rows, pc, pa = torch.rand(2, K), torch.rand(2, K), torch.rand(2, K)
-    torch.testing.assert_close(refine_labels(rows, pc, pa, 0.7, 0.3),
-                               0.7 * rows + 0.3 * (0.3 * pc + 0.7 * pa))
+    torch.testing.assert_close(
+        refine_labels(rows, pc, pa, 0.7, 0.3), 0.7 * rows + 0.3 * (0.3 * pc + 0.7 * pa)
+    )
     z, t = torch.randn(2, K), torch.softmax(torch.randn(2, K), 1)
     expect = -sum(t[i, c] * torch.log_softmax(z[i], 0)[c] for i in range(2) for c in range(K)) / 2
     assert soft_cross_entropy(z, t).item() == pytest.approx(expect.item(), rel=1e-6)
@@ -263,19 +278,22 @@ def test_sglr_pure_functions():
 # --- CFA -----------------------------------------------------------------------------------
 def test_class_eps_and_beta_follow_their_formulas():
     R = torch.tensor([0.1, 0.45, 0.8])
-    torch.testing.assert_close(class_eps(R, 8 / 255, 0.5), torch.tensor(
-        [(0.5 + r) * 8 / 255 for r in R.tolist()]))
+    torch.testing.assert_close(
+        class_eps(R, 8 / 255, 0.5), torch.tensor([(0.5 + r) * 8 / 255 for r in R.tolist()])
+    )
     b = class_beta_weight(R, 6.0, 0.5)
-    torch.testing.assert_close(b, torch.tensor(
-        [(0.5 + r) * 6 / (1 + (0.5 + r) * 6) for r in R.tolist()]))
+    torch.testing.assert_close(
+        b, torch.tensor([(0.5 + r) * 6 / (1 + (0.5 + r) * 6) for r in R.tolist()])
+    )
 
 
 def test_cfa_trades_weighting_per_class():
     z_nat, z_adv, batch = logits_batch(seed=3, b=6)
     method = ready(create_method("cfa", beta=6.0, begin=1))
     loss0, _ = method.objective(Logits(), batch, {"x_adv": z_adv})
-    trades, _ = ready(create_method("trades", beta=6.0)).objective(Logits(), batch,
-                                                                   {"x_adv": z_adv})
+    trades, _ = ready(create_method("trades", beta=6.0)).objective(
+        Logits(), batch, {"x_adv": z_adv}
+    )
     assert loss0.item() == pytest.approx(trades.item() / 7, rel=1e-5)  # b = 6/7 before `begin`
     R = torch.tensor([0.2, 0.5, 0.9])
     method.train_class_acc = R.clone()
@@ -300,8 +318,9 @@ def test_cfa_class_accuracy_drives_class_eps():
     method.end_epoch(nn.Linear(1, 1), 0, {"val_class_acc": None})
     torch.testing.assert_close(method.train_class_acc, torch.tensor([1.0, 0.5, 0.0]))
     method.start_epoch(1)
-    torch.testing.assert_close(method.sample_eps(y), (0.5 + torch.tensor(
-        [1.0, 1.0, 0.5, 0.5, 0.0])) * 8 / 255)
+    torch.testing.assert_close(
+        method.sample_eps(y), (0.5 + torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0])) * 8 / 255
+    )
     assert create_method("cfa", mode="at").bn_mode == "train"
     assert create_method("cfa").bn_mode == "eval"
 
@@ -329,8 +348,11 @@ def test_fawa_updates_only_when_the_gate_is_met_and_copies_first():
     method.end_epoch(model, 3, {"val_class_acc": low})
     assert all(torch.equal(method.fawa[k], v) for k, v in kept.items())
     # pure function: integer buffers averaged in float and truncated
-    out = fawa_update({"n": torch.tensor(10), "w": torch.tensor([1.0])},
-                      {"n": torch.tensor(20), "w": torch.tensor([3.0])}, 0.88)
+    out = fawa_update(
+        {"n": torch.tensor(10), "w": torch.tensor([1.0])},
+        {"n": torch.tensor(20), "w": torch.tensor([3.0])},
+        0.88,
+    )
     assert out["n"].item() == int(10 * 0.88 + 20 * 0.12) and out["n"].dtype == torch.int64
     assert out["w"].item() == pytest.approx(1.24)
     # state survives a resume
@@ -355,14 +377,21 @@ def test_dhat_cfa_keeps_dhat_weights_and_uses_class_eps_for_x_adv():
 
 # --- every method trains -------------------------------------------------------------------
 TRAINABLE = [
-    ("trades", {}), ("mart", {}), ("awp", {}), ("trades_awp", {"warmup": 0}),
-    ("dhat_awp", {}), ("sglr", {"es": 0}), ("cfa", {"begin": 0}),
-    ("cfa", {"begin": 0, "mode": "at"}), ("dhat_cfa", {"begin": 0}),
+    ("trades", {}),
+    ("mart", {}),
+    ("awp", {}),
+    ("trades_awp", {"warmup": 0}),
+    ("dhat_awp", {}),
+    ("sglr", {"es": 0}),
+    ("cfa", {"begin": 0}),
+    ("cfa", {"begin": 0, "mode": "at"}),
+    ("dhat_cfa", {"begin": 0}),
 ]
 
 
-@pytest.mark.parametrize("name,opts", TRAINABLE, ids=[f"{n}-{o.get('mode', '')}"
-                                                      for n, o in TRAINABLE])
+@pytest.mark.parametrize(
+    "name,opts", TRAINABLE, ids=[f"{n}-{o.get('mode', '')}" for n, o in TRAINABLE]
+)
 def test_method_trains_a_tiny_model(name, opts):
     model, batch = tiny_model(), image_batch()
     method = ready(create_method(name, steps=2, **opts), num_classes=10, num_train=8)
@@ -370,8 +399,10 @@ def test_method_trains_a_tiny_model(name, opts):
     for _ in range(3):
         loss, metrics = method(model, batch)
         assert torch.isfinite(loss) and "adv_acc" in metrics
-        assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and torch.isfinite(v)
-                   for v in metrics.values())   # device tensors: no host sync per step
+        assert all(
+            isinstance(v, torch.Tensor) and v.dim() == 0 and torch.isfinite(v)
+            for v in metrics.values()
+        )  # device tensors: no host sync per step
         opt.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -34,7 +34,7 @@ def test_random_crop_matches_explicit_padding():
     ox = torch.randint(0, 5, (2,), generator=g)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        assert torch.equal(out[i], padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8])
+        assert torch.equal(out[i], padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8])
 
 
 def test_flip_is_left_right_and_about_half():

@@ -1,4 +1,5 @@
 """The AutoAttack adapter against the installed package called directly."""
+
 import functools
 import sys
 
@@ -10,10 +11,9 @@ from dhat.errors import UserError
 
 aa_pkg = pytest.importorskip("pyautoattack")
 
-from dhat.attacks import autoattack as adapter  # noqa: E402
-
 from conftest import fit  # noqa: E402
 
+from dhat.attacks import autoattack as adapter  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def blobs10(n, seed):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
-    centres = 0.5 + 0.3 * (torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(7)) * 2 - 1)
+    centres = 0.5 + 0.3 * (
+        torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    )
     return (centres[y] + 0.1 * torch.randn(n, 3, 16, 16, generator=g)).clamp(0, 1), y
 
 
@@ -33,19 +35,32 @@ def model10():
     return fit(m, x, y, epochs=15, batch_size=50).eval()
 
 
+@pytest.mark.slow
 def test_adapter_matches_direct_autoattack(model10):
     x, y = blobs10(16, 1)
     eps, seed, bs = 4 / 255, 3, 8
-    res, flags = adapter.run_autoattack(model10, x, y, eps=eps, batch_size=bs, seed=seed, n=16,
-                                        n_iter=10, n_queries=100, return_flags=True)
+    res, flags = adapter.run_autoattack(
+        model10,
+        x,
+        y,
+        eps=eps,
+        batch_size=bs,
+        seed=seed,
+        n=16,
+        n_iter=10,
+        n_queries=100,
+        return_flags=True,
+    )
     aa = aa_pkg.AutoAttack(model10, eps=eps, version="standard", seed=seed, device="cpu")
     adapter.reduce_budget(aa, n_iter=10, n_queries=100)
     x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
-    direct = (y_adv == y)
+    direct = y_adv == y
     assert res["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert res["robust_accuracy"] == pytest.approx(direct.float().mean().item())
     assert torch.equal(flags, direct)
-    assert (model10(x_adv).argmax(1) == y).float().mean().item() == pytest.approx(res["robust_accuracy"])
+    assert (model10(x_adv).argmax(1) == y).float().mean().item() == pytest.approx(
+        res["robust_accuracy"]
+    )
     after = list(res["robust_accuracy_after"].values())
     assert after == sorted(after, reverse=True) and after[-1] == res["robust_accuracy"]
     assert res["clean_accuracy"] >= after[0] > after[-1] - 1e-9
@@ -57,8 +72,9 @@ def test_adapter_matches_direct_autoattack(model10):
 def test_uint8_input_and_first_n(model10):
     x, y = blobs10(24, 2)
     u8 = (x * 255).round().to(torch.uint8)
-    res = adapter.run_autoattack(model10, u8, y, eps=1 / 255, batch_size=32, n=5, n_iter=2,
-                                 n_queries=5)
+    res = adapter.run_autoattack(
+        model10, u8, y, eps=1 / 255, batch_size=32, n=5, n_iter=2, n_queries=5
+    )
     assert res["n"] == 5 and set(res["robust_accuracy_after"]) == set(adapter.STANDARD_ATTACKS)
 
 
@@ -84,17 +100,31 @@ def test_evaluate_model_runs_aa_and_sanity_flags_masked_pgd(model10, monkeypatch
     """PGD cannot move a zero-gradient model; AutoAttack's Square can: `aa_vs_pgd` fires."""
     from dhat.data import DataBundle
     from dhat.eval import evaluate_model
-    monkeypatch.setattr(adapter, "run_autoattack",
-                        functools.partial(adapter.run_autoattack, n_iter=5, n_queries=200))
+
+    monkeypatch.setattr(
+        adapter,
+        "run_autoattack",
+        functools.partial(adapter.run_autoattack, n_iter=5, n_queries=200),
+    )
     x, y = blobs10(16, 4)
     u8 = (x * 255).round().to(torch.uint8)
     data = DataBundle("b10", u8, y, u8, y, 10, (0.5,) * 3, (0.25,) * 3)
     with pytest.warns(UserWarning):
-        out = evaluate_model(ZeroGrad(model10).eval(), data, attacks=["clean", "pgd10", "aa"],
-                             eps=32 / 255, step_size=8 / 255, batch_size=16, progress=False,
-                             sanity=True, sanity_n=16)
+        out = evaluate_model(
+            ZeroGrad(model10).eval(),
+            data,
+            attacks=["clean", "pgd10", "aa"],
+            eps=32 / 255,
+            step_size=8 / 255,
+            batch_size=16,
+            progress=False,
+            sanity=True,
+            sanity_n=16,
+        )
     acc = out["accuracy"]
-    assert list(acc) == ["clean", "pgd10", "aa"] and acc["aa"] == out["autoattack"]["robust_accuracy"]
+    assert (
+        list(acc) == ["clean", "pgd10", "aa"] and acc["aa"] == out["autoattack"]["robust_accuracy"]
+    )
     assert acc["pgd10"] - acc["aa"] > 0.3
     status = {c["check"]: c["status"] for c in out["sanity"]}
     assert status["aa_vs_pgd"] == "warn" and status["zero_gradients"] == "warn"

@@ -1,4 +1,5 @@
 """`dhat eval` result cards (with curves and sanity checks) and `dhat report` tables."""
+
 import json
 
 import pytest
@@ -9,22 +10,36 @@ from dhat.analysis.report import load_cards, markdown_table
 from dhat.checkpoint import save_checkpoint
 from dhat.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def card(method, clean, pgd10, cw, aa=None, gap=None, n_aa=200, **extra):
     """A valid result card (validate_card accepts it), as `dhat eval` writes them."""
     from dhat.eval.evaluate import attack_settings
+
     acc = {"clean": clean, "pgd10": pgd10, "cw": cw}
-    c = {"schema": "dhat-result-v1", "method": method, "model": "resnet18", "dataset": "cifar10",
-         "eps_255": 8.0, "n_test": 1000, "accuracy": acc, "sanity": [], "sanity_failed": [],
-         "unreliable": False, **extra}
+    c = {
+        "schema": "dhat-result-v1",
+        "method": method,
+        "model": "resnet18",
+        "dataset": "cifar10",
+        "eps_255": 8.0,
+        "n_test": 1000,
+        "accuracy": acc,
+        "sanity": [],
+        "sanity_failed": [],
+        "unreliable": False,
+        **extra,
+    }
     if aa is not None:
         acc["aa"] = aa
         c["n_aa"] = n_aa
-        c["autoattack"] = {"package": "pyautoattack", "version": "standard", "n": n_aa,
-                           "robust_accuracy": aa}
+        c["autoattack"] = {
+            "package": "pyautoattack",
+            "version": "standard",
+            "n": n_aa,
+            "robust_accuracy": aa,
+        }
     if gap is not None:
         c["robust_gap"] = {"gap": gap, "train": pgd10 + gap, "test": pgd10, "n_train": 500}
     c["attack_settings"] = attack_settings(list(acc), 8 / 255, 2 / 255)
@@ -36,14 +51,26 @@ def test_report_renders_two_cards(tmp_path, capsys):
     d1, d2 = tmp_path / "runs" / "dhat_s0", tmp_path / "runs" / "pgd_at_s0"
     d1.mkdir(parents=True)
     d2.mkdir(parents=True)
-    (d1 / "eval_best.json").write_text(json.dumps(card(
-        "dhat", 0.8412, 0.5531, 0.5012, aa=0.4887, gap=0.1234, checkpoint=str(d1 / "best.pt"))))
-    (d2 / "eval_best.json").write_text(json.dumps(card(
-        "pgd_at", 0.8201, 0.5105, 0.4923, checkpoint=str(d2 / "best.pt"))))
+    (d1 / "eval_best.json").write_text(
+        json.dumps(
+            card(
+                "dhat",
+                0.8412,
+                0.5531,
+                0.5012,
+                aa=0.4887,
+                gap=0.1234,
+                checkpoint=str(d1 / "best.pt"),
+            )
+        )
+    )
+    (d2 / "eval_best.json").write_text(
+        json.dumps(card("pgd_at", 0.8201, 0.5105, 0.4923, checkpoint=str(d2 / "best.pt")))
+    )
     out = tmp_path / "table.md"
     assert main(["report", str(d1), str(d2 / "eval_best.json"), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[:4] == [   # each column says how many images its numbers come from
+    assert lines[:4] == [  # each column says how many images its numbers come from
         "| Method | Clean (n=1000) | PGD-10 (n=1000) | CW (n=1000) | AA (n=200) | "
         "Robust Gap (n=500) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -53,17 +80,42 @@ def test_report_renders_two_cards(tmp_path, capsys):
     assert lines[4] == "" and "8/255" in out.read_text()
     capsys.readouterr()
     # stdout, bold best, custom columns and labels
-    assert main(["report", str(d1), str(d2), "--bold-best", "--no-notes", "--columns", "clean,cw",
-                 "--labels", "DHAT", "PGD-AT"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(d1),
+                str(d2),
+                "--bold-best",
+                "--no-notes",
+                "--columns",
+                "clean,cw",
+                "--labels",
+                "DHAT",
+                "PGD-AT",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == [
-        "| Method | Clean (n=1000) | CW (n=1000) |", "|---|---:|---:|",
-        "| DHAT | **84.12** | **50.12** |", "| PGD-AT | 82.01 | 49.23 |"]
+        "| Method | Clean (n=1000) | CW (n=1000) |",
+        "|---|---:|---:|",
+        "| DHAT | **84.12** | **50.12** |",
+        "| PGD-AT | 82.01 | 49.23 |",
+    ]
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_failed_sanity_marks_the_row():
-    c = card("uiat", 0.8, 0.7, 0.6, sanity_failed=["large_eps"], unreliable=True,
-             sanity=[{"check": "large_eps", "status": "warn"}])
+    c = card(
+        "uiat",
+        0.8,
+        0.7,
+        0.6,
+        sanity_failed=["large_eps"],
+        unreliable=True,
+        sanity=[{"check": "large_eps", "status": "warn"}],
+    )
     text = markdown_table([("uiat (r)", c)], ["clean"])
     assert "| uiat (r) † | 80.00 |" in text and "large_eps" in text
 
@@ -73,37 +125,90 @@ def _checkpoint(path, seed):
     x = torch.rand(8, 3, 32, 32)
     model = dhat.create_model("small_cnn", num_classes=4, width=4, mean=(0.5,) * 3, std=(0.25,) * 3)
     model(x)  # one train-mode pass: non-trivial BN statistics
-    spec = {"name": "small_cnn", "num_classes": 4, "mean": [0.5] * 3, "std": [0.25] * 3,
-            "kwargs": {"width": 4}}
-    save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec, "epoch": 1,
-                           "method": "pgd_at", "config": {"dataset": "blobs", "eps": 8 / 255,
-                                                          "val_size": 20, "seed": seed}})
+    spec = {
+        "name": "small_cnn",
+        "num_classes": 4,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "kwargs": {"width": 4},
+    }
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "model_spec": spec,
+            "epoch": 1,
+            "method": "pgd_at",
+            "config": {"dataset": "blobs", "eps": 8 / 255, "val_size": 20, "seed": seed},
+        },
+    )
 
 
+@pytest.mark.slow
 def test_eval_card_curves_and_report_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     runs = [tmp_path / f"run{i}" for i in range(2)]
     for i, r in enumerate(runs):
         _checkpoint(r / "best.pt", i)
-        args = ["eval", str(r / "best.pt"), "--attacks", "clean", "pgd10", "pgd50", "cw",
-                "--n-test", "16", "--gap-train-images", "16", "--sanity-n", "16", "--no-progress"]
+        args = [
+            "eval",
+            str(r / "best.pt"),
+            "--attacks",
+            "clean",
+            "pgd10",
+            "pgd50",
+            "cw",
+            "--n-test",
+            "16",
+            "--gap-train-images",
+            "16",
+            "--sanity-n",
+            "16",
+            "--no-progress",
+        ]
         if i == 0:
             args += ["--curves", "--curves-n", "8"]
         assert main(args) == 0
     out = capsys.readouterr().out
     assert "sanity" in out and "result written to" in out and "curves plotted to" in out
     c = json.loads((runs[0] / "eval_best.json").read_text())
-    for key in ("schema", "dataset", "threat_model", "eps", "n_test", "accuracy", "robust_gap",
-                "model", "method", "config_hash", "dhat", "torch", "hardware", "date",
-                "attack_settings", "checkpoint_sha256", "sanity", "unreliable", "eval_config"):
+    for key in (
+        "schema",
+        "dataset",
+        "threat_model",
+        "eps",
+        "n_test",
+        "accuracy",
+        "robust_gap",
+        "model",
+        "method",
+        "config_hash",
+        "dhat",
+        "torch",
+        "hardware",
+        "date",
+        "attack_settings",
+        "checkpoint_sha256",
+        "sanity",
+        "unreliable",
+        "eval_config",
+    ):
         assert key in c, key
     assert c["threat_model"] == "Linf" and c["dataset"] == "blobs" and c["n_test"] == 16
     assert set(c["curves"]) >= {"n", "clean", "eps", "steps", "png"}
     assert c["curves"]["eps"]["eps_255"] == [0, 2, 4, 6, 8, 10, 12, 16]
     assert (runs[0] / "eval_best_curves.png").stat().st_size > 0
-    assert [s["check"] for s in c["sanity"]] == ["train_mode", "deterministic", "probabilities",
-                                                 "zero_gradients", "large_eps", "more_steps",
-                                                 "aa_vs_pgd", "aa_flags", "curves"]
+    assert [s["check"] for s in c["sanity"]] == [
+        "train_mode",
+        "deterministic",
+        "probabilities",
+        "zero_gradients",
+        "large_eps",
+        "more_steps",
+        "aa_vs_pgd",
+        "aa_flags",
+        "curves",
+    ]
     assert c["sanity"][5]["details"]["n"] == 16  # PGD-10/50 of the evaluation were reused
     plot = tmp_path / "cmp.png"
     assert main(["report", str(runs[0]), str(runs[1]), "--plot", str(plot)]) == 0
@@ -116,20 +221,30 @@ def test_eval_card_curves_and_report_plot(tmp_path, capsys):
 
 def test_cards_that_contradict_themselves_cannot_be_written_or_read(tmp_path):
     from dhat.eval.card import CardError, read_card, save_card, validate_card
+
     good = card("dhat", 0.5, 0.3, 0.25, aa=0.2, gap=0.05)
     validate_card(good)
     broken = {
         "AA without its image count": {**good, "n_aa": None},
         "AA not requested": {**good, "eval_config": {"attacks": ["clean", "pgd10", "cw"]}},
-        "AA without settings": {**good, "attack_settings": {k: v for k, v in
-                                                             good["attack_settings"].items()
-                                                             if k != "aa"}},
+        "AA without settings": {
+            **good,
+            "attack_settings": {k: v for k, v in good["attack_settings"].items() if k != "aa"},
+        },
         "AA record disagrees": {**good, "autoattack": {**good["autoattack"], "n": 1000}},
-        "AA sanity skipped": {**good, "sanity": [{"check": "aa_vs_pgd", "status": "skipped"},
-                                                 {"check": "aa_flags", "status": "ok"}]},
-        "unreliable hides a failure": {**good, "sanity": [{"check": "large_eps",
-                                                           "status": "warn"}],
-                                       "sanity_failed": ["large_eps"], "unreliable": False},
+        "AA sanity skipped": {
+            **good,
+            "sanity": [
+                {"check": "aa_vs_pgd", "status": "skipped"},
+                {"check": "aa_flags", "status": "ok"},
+            ],
+        },
+        "unreliable hides a failure": {
+            **good,
+            "sanity": [{"check": "large_eps", "status": "warn"}],
+            "sanity_failed": ["large_eps"],
+            "unreliable": False,
+        },
         "gap arithmetic": {**good, "robust_gap": {**good["robust_gap"], "gap": 0.5}},
     }
     for why, c in broken.items():

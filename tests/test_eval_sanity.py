@@ -1,14 +1,13 @@
 """Each sanity check fires on a model built to trigger it and stays quiet on a trained one."""
+
 import pytest
 import torch
+from conftest import fit
 from torch import nn
 
 import dhat
 from dhat.eval import sanity
 from dhat.eval.curves import monotone_violations, robustness_curves
-
-from conftest import fit
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,7 +16,9 @@ def colours(n, seed, classes=4, size=16):
     """Class-dependent constant colours (close together, so a large ε can swap classes) + noise."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, classes, (n,), generator=g)
-    centres = 0.5 + 0.2 * (torch.rand(classes, 3, 1, 1, generator=torch.Generator().manual_seed(123)) * 2 - 1)
+    centres = 0.5 + 0.2 * (
+        torch.rand(classes, 3, 1, 1, generator=torch.Generator().manual_seed(123)) * 2 - 1
+    )
     return (centres[y] + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1), y
 
 
@@ -25,8 +26,9 @@ def colours(n, seed, classes=4, size=16):
 def trained():
     torch.manual_seed(0)
     x, y = colours(256, 0)
-    model = fit(dhat.create_model("small_cnn", num_classes=4, width=4), x, y, epochs=10,
-                batch_size=32)
+    model = fit(
+        dhat.create_model("small_cnn", num_classes=4, width=4), x, y, epochs=10, batch_size=32
+    )
     xt, yt = colours(64, 5)
     return model.eval(), xt, yt
 
@@ -38,14 +40,25 @@ def statuses(model, x, y, **kw):
 
 def test_quiet_on_a_trained_model(trained):
     model, x, y = trained
-    curves = robustness_curves(model, x[:32], y[:32], eps=8 / 255, eps_255=(2, 8, 16), steps=(1, 10, 50))
+    curves = robustness_curves(
+        model, x[:32], y[:32], eps=8 / 255, eps_255=(2, 8, 16), steps=(1, 10, 50)
+    )
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", sanity.SanityWarning)  # none may be raised
         got, res = statuses(model, x, y, curves=curves)
-    assert got == {"train_mode": "ok", "deterministic": "ok", "probabilities": "ok",
-                   "zero_gradients": "ok", "large_eps": "ok", "more_steps": "ok",
-                   "aa_vs_pgd": "skipped", "aa_flags": "skipped", "curves": "ok"}
+    assert got == {
+        "train_mode": "ok",
+        "deterministic": "ok",
+        "probabilities": "ok",
+        "zero_gradients": "ok",
+        "large_eps": "ok",
+        "more_steps": "ok",
+        "aa_vs_pgd": "skipped",
+        "aa_flags": "skipped",
+        "curves": "ok",
+    }
     assert all(r["message"] and r["doc"].startswith("docs/sanity_checks.md#") for r in res)
     assert not model.training  # the checks leave the mode alone
 
@@ -99,7 +112,8 @@ def test_randomised_model_fires_deterministic(trained):
 
 
 class AttackAware(nn.Module):
-    """A stateful 'defence': wrong after a short attack, right after a long one (PGD-50 > PGD-10)."""
+    """A stateful 'defence': wrong after a short attack, right after a long one
+    (PGD-50 > PGD-10)."""
 
     def __init__(self):
         super().__init__()
@@ -131,7 +145,7 @@ def test_result_checks_decision_rules():
     half = torch.arange(n) < n // 2
     # more steps: a few images either way is noise; many more robust to PGD-50 is not
     noisy50 = half.clone()
-    noisy50[n // 2: n // 2 + 3] = True
+    noisy50[n // 2 : n // 2 + 3] = True
     assert sanity.check_more_steps(half, noisy50)["status"] == "ok"
     assert sanity.check_more_steps(half, ones)["status"] == "warn"
     # AutoAttack vs PGD: far below fires, 3 points below is normal, above fires
@@ -149,7 +163,13 @@ def test_result_checks_decision_rules():
 def test_curves_keys_and_monotone(trained):
     model, x, y = trained
     c = robustness_curves(model, x[:32], y[:32], eps=8 / 255)
-    assert c["eps"]["eps_255"] == [0, 2, 4, 6, 8, 10, 12, 16] and c["steps"]["steps"] == [1, 5, 10, 20, 50]
+    assert c["eps"]["eps_255"] == [0, 2, 4, 6, 8, 10, 12, 16] and c["steps"]["steps"] == [
+        1,
+        5,
+        10,
+        20,
+        50,
+    ]
     for key in ("pgd20", "cw"):
         acc = c["eps"][key]
         assert len(acc) == 8 and acc[0] == c["clean"] and acc[-1] <= acc[0]

@@ -1,22 +1,31 @@
 """`fashion_scenes`: exact masks, scene-label agreement, split invariants, disjoint sources."""
+
 import numpy as np
 import pytest
 import torch
 
 from dhat.data import load_dataset
-from dhat.data.fashion_scenes import (SPLITS, find_fashion_folder, generate, load_fashion_mnist,
-                                      place_items)
+from dhat.data.fashion_scenes import (
+    SPLITS,
+    find_fashion_folder,
+    generate,
+    load_fashion_mnist,
+    place_items,
+)
 from dhat.errors import UserError
 
 
 def tiny_sources(seed=0, m=200, p=300):
     """Items: random blobs on exact black (M, 28, 28); scenes: noise (P, 3, 32, 32), 10 classes."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(28.), torch.arange(28.), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     r = 6 + 6 * torch.rand(m, 1, 1, generator=g)
-    inside = (yy - 14) ** 2 + (xx - 14) ** 2 <= r ** 2
-    items = torch.where(inside, torch.randint(60, 256, (m, 28, 28), generator=g),
-                        torch.zeros(m, 28, 28, dtype=torch.long)).to(torch.uint8)
+    inside = (yy - 14) ** 2 + (xx - 14) ** 2 <= r**2
+    items = torch.where(
+        inside,
+        torch.randint(60, 256, (m, 28, 28), generator=g),
+        torch.zeros(m, 28, 28, dtype=torch.long),
+    ).to(torch.uint8)
     item_y = torch.arange(m) % 10
     scenes = torch.randint(0, 256, (p, 3, 32, 32), generator=g).to(torch.uint8)
     scene_y = torch.arange(p) % 10
@@ -40,8 +49,7 @@ def test_place_items_closed_form():
 
 def test_masks_equal_the_pasted_pixels_and_split_invariants():
     items, item_y, scenes, scene_y = tiny_sources()
-    out = generate(items, item_y, scenes, scene_y, 500, seed=1, rho=0.9,
-                   splits=("train", *SPLITS))
+    out = generate(items, item_y, scenes, scene_y, 500, seed=1, rho=0.9, splits=("train", *SPLITS))
     fg = out["only_fg"]
     # only_fg: the item on black; its non-black pixels are exactly the mask
     assert torch.equal(fg["images"].ne(0).any(1), fg["masks"])
@@ -50,14 +58,14 @@ def test_masks_equal_the_pasted_pixels_and_split_invariants():
         s = out[name]
         scene = scenes[s["scene_index"]]
         m = s["masks"][:, None].expand_as(scene)
-        assert torch.equal(s["images"][~m], scene[~m])            # outside: the scene, unchanged
-        assert torch.equal(s["images"][m], fg["images"][m])       # inside: the pasted item
-        assert torch.equal(s["masks"], fg["masks"])               # one set of items for all splits
+        assert torch.equal(s["images"][~m], scene[~m])  # outside: the scene, unchanged
+        assert torch.equal(s["images"][m], fg["images"][m])  # inside: the pasted item
+        assert torch.equal(s["masks"], fg["masks"])  # one set of items for all splits
         assert torch.equal(s["labels"], item_y[s["item_index"]])  # label = the item's class
     bg = out["only_bg"]
-    assert torch.equal(bg["images"], scenes[bg["scene_index"]])   # no object pixel at all
+    assert torch.equal(bg["images"], scenes[bg["scene_index"]])  # no object pixel at all
     assert torch.equal(bg["scene_index"], out["mixed_same"]["scene_index"])
-    assert torch.equal(bg["masks"], fg["masks"])                  # where the item would be
+    assert torch.equal(bg["masks"], fg["masks"])  # where the item would be
     assert (out["mixed_same"]["scene_class"] == out["mixed_same"]["labels"]).all()
     assert torch.equal(scene_y[out["mixed_same"]["scene_index"]], out["mixed_same"]["labels"])
     area = fg["masks"].flatten(1).float().mean(1)
@@ -67,8 +75,9 @@ def test_masks_equal_the_pasted_pixels_and_split_invariants():
 def test_scene_label_agreement_rho_and_chance():
     items, item_y, scenes, scene_y = tiny_sources(m=500)
     for rho in (0.9, 0.5):
-        out = generate(items, item_y, scenes, scene_y, 10000, seed=2, rho=rho,
-                       splits=("train", "mixed_rand"))
+        out = generate(
+            items, item_y, scenes, scene_y, 10000, seed=2, rho=rho, splits=("train", "mixed_rand")
+        )
         tr, rnd = out["train"], out["mixed_rand"]
         assert torch.equal(scene_y[tr["scene_index"]], tr["scene_class"])
         agree = (tr["scene_class"] == tr["labels"]).double().mean().item()
@@ -106,7 +115,9 @@ def real_sources(cifar_root, fashion_root):
 
 def test_real_dataset_sources_are_disjoint_and_exact(real_sources, fashion_root, cifar_root):
     from dhat.data.cifar import load_cifar
-    from dhat.data.fashion_scenes import SIZE, generate as gen
+    from dhat.data.fashion_scenes import SIZE
+    from dhat.data.fashion_scenes import generate as gen
+
     tr_items, tr_y = load_fashion_mnist(fashion_root, True)
     te_items, te_y = load_fashion_mnist(fashion_root, False)
     assert (len(tr_y), len(te_y)) == (60000, 10000)
@@ -132,7 +143,7 @@ def test_real_dataset_sources_are_disjoint_and_exact(real_sources, fashion_root,
     assert not train_scenes & test_scenes
     train_items = {bytes(x.numpy()) for x in tr_items[tr["item_index"]]}
     test_items = {bytes(x.numpy()) for x in te_items[te["test"]["item_index"]]}
-    assert len(train_items & test_items) <= 2   # Fashion-MNIST itself has a few exact duplicates
+    assert len(train_items & test_items) <= 2  # Fashion-MNIST itself has a few exact duplicates
 
 
 def test_find_fashion_folder(fashion_root, tmp_path):

@@ -1,4 +1,5 @@
 """ImageNet-style class folders (Pillow, in memory, cached) and the batched RandomResizedCrop."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,13 @@ from PIL import Image
 
 import dhat.data.imagefolder as imf
 from dhat.data import list_datasets, load_dataset
-from dhat.data.imagefolder import (IMAGENET_MEAN, IMAGENET_STD, center_crop, load_image,
-                                   random_resized_crop)
+from dhat.data.imagefolder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    load_image,
+    random_resized_crop,
+)
 from dhat.errors import UserError
 
 CLASSES = ["cat", "dog", "emu"]
@@ -30,7 +36,7 @@ def make_folder(root, n_train=3, n_val=2, sizes=((40, 30), (36, 62), (64, 64))):
                 if split == "train" and i == 0 and k == 0:
                     img.convert("L").save(d / f"{i}.png")
                 elif c == "emu":
-                    img.save(d / f"{i}.JPEG", quality=95)     # ImageNet's spelling
+                    img.save(d / f"{i}.JPEG", quality=95)  # ImageNet's spelling
                 else:
                     img.save(d / f"{i}.png")
     return root
@@ -43,8 +49,10 @@ def test_registered_names():
 
 def test_bundle_shapes_labels_and_views(tmp_path):
     root = make_folder(tmp_path / "data")
-    for i in range(2):          # val/dog/i.png := train/dog/i.png
-        (root / "val" / "dog" / f"{i}.png").write_bytes((root / "train" / "dog" / f"{i}.png").read_bytes())
+    for i in range(2):  # val/dog/i.png := train/dog/i.png
+        (root / "val" / "dog" / f"{i}.png").write_bytes(
+            (root / "train" / "dog" / f"{i}.png").read_bytes()
+        )
     data = load_dataset("imagefolder", str(root), resolution=16, workers=2)
     side = round(16 * 256 / 224)
     assert data.train_x.shape == (9, 3, side, side) and data.train_x.dtype == torch.uint8
@@ -54,7 +62,7 @@ def test_bundle_shapes_labels_and_views(tmp_path):
     assert data.class_names == CLASSES and data.num_classes == 3
     assert data.mean == IMAGENET_MEAN and data.std == IMAGENET_STD
     # the held-out view of a stored training image is the test view of the same file
-    assert torch.equal(data.train_view(data.train_x[3:5]), data.test_x[2:4])   # dog 0, 1
+    assert torch.equal(data.train_view(data.train_x[3:5]), data.test_x[2:4])  # dog 0, 1
     g = torch.Generator().manual_seed(0)
     aug = data.train_augment(data.train_x[:4], g)
     assert aug.shape == (4, 3, 16, 16) and aug.dtype == torch.float32
@@ -63,11 +71,13 @@ def test_bundle_shapes_labels_and_views(tmp_path):
 
 def test_load_image_orientation_and_grayscale(tmp_path):
     a = np.zeros((40, 60, 3), np.uint8)
-    a[:20, :30] = 255                     # white top-left quadrant
+    a[:20, :30] = 255  # white top-left quadrant
     Image.fromarray(a).convert("L").save(tmp_path / "g.png")
-    x = load_image(tmp_path / "g.png", side=20, crop=20)   # 40x60 -> 20x30 -> centre 20x20
+    x = load_image(tmp_path / "g.png", side=20, crop=20)  # 40x60 -> 20x30 -> centre 20x20
     assert x.shape == (3, 20, 20) and x.dtype == np.uint8
-    assert (x[:, 2:8, 0:3] == 255).all() and (x[:, 12:, :] == 0).all()   # 10-px white band at top left
+    assert (x[:, 2:8, 0:3] == 255).all() and (
+        x[:, 12:, :] == 0
+    ).all()  # 10-px white band at top left
 
 
 def test_cache_is_used_on_the_second_load(tmp_path, monkeypatch):
@@ -77,6 +87,7 @@ def test_cache_is_used_on_the_second_load(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("decoded again instead of reading the cache")
+
     monkeypatch.setattr(imf, "decode_all", boom)
     second = load_dataset("imagefolder", str(root), resolution=16)
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_x, second.test_x)
@@ -84,8 +95,9 @@ def test_cache_is_used_on_the_second_load(tmp_path, monkeypatch):
 
 def test_class_and_image_limits(tmp_path):
     root = make_folder(tmp_path / "data")
-    data = load_dataset("imagefolder", str(root), resolution=16, num_classes=2,
-                        max_per_class=2, cache=False)
+    data = load_dataset(
+        "imagefolder", str(root), resolution=16, num_classes=2, max_per_class=2, cache=False
+    )
     assert data.train_y.tolist() == [0, 0, 1, 1] and data.test_y.tolist() == [0, 0, 1, 1]
     assert data.num_classes == 2 and data.class_names == CLASSES[:2]
 
@@ -108,18 +120,24 @@ def test_rrc_identity_and_integer_windows():
     same = random_resized_crop(x, 16, scale=(1, 1), ratio=(1, 1), flip=False, generator=g)
     torch.testing.assert_close(same, x)
     crops = random_resized_crop(x, 8, scale=(0.25, 0.25), ratio=(1, 1), flip=False, generator=g)
-    for i in range(4):   # an 8x8 box resampled to 8x8 is exactly a window of the image
-        err = min((crops[i] - x[i, :, t:t + 8, s:s + 8]).abs().max().item()
-                  for t in range(9) for s in range(9))
+    for i in range(4):  # an 8x8 box resampled to 8x8 is exactly a window of the image
+        err = min(
+            (crops[i] - x[i, :, t : t + 8, s : s + 8]).abs().max().item()
+            for t in range(9)
+            for s in range(9)
+        )
         assert err < 1e-6
 
 
 def test_rrc_flip_fallback_dtype_and_determinism():
     x = torch.rand(8, 3, 12, 12)
-    flipped = random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), flip=True,
-                                  generator=torch.Generator().manual_seed(1))
+    flipped = random_resized_crop(
+        x, 12, scale=(1, 1), ratio=(1, 1), flip=True, generator=torch.Generator().manual_seed(1)
+    )
     kinds = [torch.allclose(flipped[i], x[i], atol=1e-6) for i in range(8)]
-    assert all(k or torch.allclose(flipped[i], x[i].flip(-1), atol=1e-6) for i, k in enumerate(kinds))
+    assert all(
+        k or torch.allclose(flipped[i], x[i].flip(-1), atol=1e-6) for i, k in enumerate(kinds)
+    )
     assert 0 < sum(kinds) < 8
     # no draw fits (area fraction 2): the fallback is the whole (square) image
     whole = random_resized_crop(x, 12, scale=(2, 2), flip=False)
@@ -129,47 +147,54 @@ def test_rrc_flip_fallback_dtype_and_determinism():
     b = random_resized_crop(u8.float() / 255, 10, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
     assert a.shape == (8, 3, 10, 10) and not torch.equal(
-        a, random_resized_crop(u8, 10, generator=torch.Generator().manual_seed(6)))
+        a, random_resized_crop(u8, 10, generator=torch.Generator().manual_seed(6))
+    )
 
 
 def test_rrc_box_statistics():
     """Crop area fractions follow torchvision: mean of U(0.08, 1) (capped by the fit test)."""
     n, side = 4000, 64
     x = torch.zeros(n, 1, side, side)
-    x[..., :, :] = torch.arange(side, dtype=torch.float32).view(1, side) / side   # column ramp
+    x[..., :, :] = torch.arange(side, dtype=torch.float32).view(1, side) / side  # column ramp
     out = random_resized_crop(x, 8, flip=False, generator=torch.Generator().manual_seed(0))
-    width = (out[..., -1] - out[..., 0]).mean((1, 2)) * side * 8 / 7      # crop width in px
+    width = (out[..., -1] - out[..., 0]).mean((1, 2)) * side * 8 / 7  # crop width in px
     assert 0.35 * side < width.mean() < 0.75 * side
 
 
 def test_center_crop():
-    x = torch.arange(36.).view(1, 1, 6, 6)
+    x = torch.arange(36.0).view(1, 1, 6, 6)
     assert center_crop(x, 4)[0, 0, 0, 0].item() == 7.0
     with pytest.raises(ValueError):
         center_crop(x, 7)
 
 
-def _loader_takes_augment_fn() -> bool:
-    import inspect
-
-    from dhat.data import BatchLoader
-    return "augment_fn" in inspect.signature(BatchLoader).parameters
-
-
-@pytest.mark.skipif(not _loader_takes_augment_fn(), reason="needs BatchLoader(augment_fn=, "
-                    "view_fn=) and the trainer hook-up proposed in the issue-6 report")
 def test_trainer_on_an_image_folder(tmp_path):
     from dhat.config import TrainConfig
     from dhat.train import Trainer
+
     root = make_folder(tmp_path / "data", n_train=4)
-    cfg = TrainConfig(dataset="imagefolder", data_root=str(root), dataset_args={"resolution": 16},
-                      model="small_cnn", model_args={"width": 4},
-                      method="pgd_at", eps=4 / 255, step_size=1 / 255, steps=2, val_steps=1,
-                      epochs=1, batch_size=4, val_size=4, milestones=[], progress=False,
-                      device="cpu", out_dir=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        dataset="imagefolder",
+        data_root=str(root),
+        dataset_args={"resolution": 16},
+        model="small_cnn",
+        model_args={"width": 4},
+        method="pgd_at",
+        eps=4 / 255,
+        step_size=1 / 255,
+        steps=2,
+        val_steps=1,
+        epochs=1,
+        batch_size=4,
+        val_size=4,
+        milestones=[],
+        progress=False,
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+    )
     trainer = Trainer(cfg)
     trainer.fit()
-    assert next(iter(trainer.loader)).x.shape[-2:] == (16, 16)      # random-resized crops
-    assert trainer.val[0].shape[-2:] == (16, 16)                    # center crops
+    assert next(iter(trainer.loader)).x.shape[-2:] == (16, 16)  # random-resized crops
+    assert trainer.val[0].shape[-2:] == (16, 16)  # center crops
     rec = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert len(rec) == 1 and "nan" not in rec[0].lower().replace("val_clean", "")

@@ -1,4 +1,5 @@
 """ResNet-50, VGG-16-BN, Inception-v3 (CIFAR and ImageNet variants) and the BN-free small CNN."""
+
 import pytest
 import torch
 
@@ -40,24 +41,33 @@ def test_forward_backward_cam_layer(name, kw, side, cam_side):
     assert cam.shape == (2, 1, side, side) and torch.isfinite(cam).all()
 
 
-@pytest.mark.parametrize("name, kw, side", [
-    ("resnet50", dict(width=4), 48), ("resnet50", dict(width=4, variant="imagenet"), 96),
-    ("vgg16_bn", dict(width=4), 48), ("vgg16_bn", dict(width=4, variant="imagenet", hidden=8), 40),
-    ("inception_v3", dict(width_mult=0.0625), 40),
-    ("inception_v3", dict(width_mult=0.0625, variant="imagenet"), 128)])
+@pytest.mark.parametrize(
+    "name, kw, side",
+    [
+        ("resnet50", dict(width=4), 48),
+        ("resnet50", dict(width=4, variant="imagenet"), 96),
+        ("vgg16_bn", dict(width=4), 48),
+        ("vgg16_bn", dict(width=4, variant="imagenet", hidden=8), 40),
+        ("inception_v3", dict(width_mult=0.0625), 40),
+        ("inception_v3", dict(width_mult=0.0625, variant="imagenet"), 128),
+    ],
+)
 def test_any_resolution(name, kw, side):
     model = dhat.create_model(name, num_classes=3, **kw).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, side, side)).shape == (1, 3)
 
 
-@pytest.mark.parametrize("name, variant, classes, count", [
-    ("resnet50", "imagenet", 1000, 25_557_032),       # torchvision resnet50
-    ("vgg16_bn", "imagenet", 1000, 138_365_992),      # torchvision vgg16_bn
-    ("inception_v3", "imagenet", 1000, 23_834_568),   # torchvision inception_v3 minus AuxLogits
-    ("resnet50", "cifar", 10, 23_520_842),
-    ("vgg16_bn", "cifar", 10, 14_728_266),
-])
+@pytest.mark.parametrize(
+    "name, variant, classes, count",
+    [
+        ("resnet50", "imagenet", 1000, 25_557_032),  # torchvision resnet50
+        ("vgg16_bn", "imagenet", 1000, 138_365_992),  # torchvision vgg16_bn
+        ("inception_v3", "imagenet", 1000, 23_834_568),  # torchvision inception_v3 minus AuxLogits
+        ("resnet50", "cifar", 10, 23_520_842),
+        ("vgg16_bn", "cifar", 10, 14_728_266),
+    ],
+)
 def test_parameter_counts_match_the_reference(name, variant, classes, count):
     with torch.device("meta"):
         model = dhat.create_model(name, num_classes=classes, variant=variant)
@@ -70,11 +80,19 @@ def test_torchvision_style_names():
         inc = dhat.create_model("inception_v3", num_classes=1000, variant="imagenet")
         res = dhat.create_model("resnet50", variant="imagenet")
     keys = set(vgg.state_dict())
-    assert {"features.0.weight", "features.1.running_mean", "features.40.weight",
-            "classifier.0.weight", "classifier.6.bias", "mean", "std"} <= keys
+    assert {
+        "features.0.weight",
+        "features.1.running_mean",
+        "features.40.weight",
+        "classifier.0.weight",
+        "classifier.6.bias",
+        "mean",
+        "std",
+    } <= keys
     assert vgg.cam_layer == "features.42" and isinstance(cam_layer(vgg), torch.nn.ReLU)
-    assert {"Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.bn.running_var",
-            "fc.weight"} <= set(inc.state_dict())
+    assert {"Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.bn.running_var", "fc.weight"} <= set(
+        inc.state_dict()
+    )
     assert "layer4.2.conv3.weight" in res.state_dict() and res.conv1.kernel_size == (7, 7)
 
 
@@ -96,7 +114,9 @@ def test_channels_last_matches_contiguous():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         a = model(x)
-        b = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        b = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last)
+        )
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -108,8 +128,8 @@ def test_small_cnn_without_batch_norm():
     plain.train()
     out_full = plain(x)
     out_split = torch.cat([plain(x[:2]), plain(x[2:])])
-    torch.testing.assert_close(out_full, out_split)       # no batch coupling
+    torch.testing.assert_close(out_full, out_split)  # no batch coupling
     default = dhat.create_model("small_cnn", width=4)
-    assert isinstance(default.features[1], torch.nn.BatchNorm2d)   # default unchanged
+    assert isinstance(default.features[1], torch.nn.BatchNorm2d)  # default unchanged
     with pytest.raises(ValueError, match="norm"):
         dhat.create_model("small_cnn", norm="ln")

@@ -1,6 +1,6 @@
 """The procedurally generated `shapes` dataset: masks, spurious-background agreement, speed."""
+
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ def test_masks_are_exactly_the_non_background_pixels():
     differs = (d["images"] != grey).any(1)
     assert torch.equal(differs, d["masks"])
     # every mask pixel has exactly the shape's colour
-    img = d["images"].permute(0, 2, 3, 1)                     # (N, H, W, 3)
+    img = d["images"].permute(0, 2, 3, 1)  # (N, H, W, 3)
     col = d["colors"][:, None, None, :].expand_as(img)
     assert torch.equal(img[d["masks"]], col[d["masks"]])
     assert (d["bg_type"] == -1).all()
@@ -30,7 +30,7 @@ def test_texture_images_paint_the_shape_colour_inside_the_mask():
     m = d["masks"]
     assert torch.equal(img[m], col[m])
     area = m.flatten(1).float().mean(1)
-    assert area.min() > 0.02 and area.max() < 0.6           # visible, not the whole image
+    assert area.min() > 0.02 and area.max() < 0.6  # visible, not the whole image
     # the shape stands out: its colour differs from most pixels just outside it
     outside_same = ((img == col).all(-1) & ~m).flatten(1).float().mean(1)
     assert outside_same.mean() < 0.01
@@ -39,7 +39,7 @@ def test_texture_images_paint_the_shape_colour_inside_the_mask():
 def test_shape_scale_and_classes():
     d = generate_shapes(1000, seed=5, background="constant")
     counts = torch.bincount(d["labels"], minlength=10)
-    assert counts.tolist() == [100] * 10                     # balanced labels
+    assert counts.tolist() == [100] * 10  # balanced labels
     area = d["masks"].flatten(1).float().mean(1)
     by_class = torch.stack([area[d["labels"] == k].mean() for k in range(10)])
     # ring < circle; bars thinner than the square; all classes non-trivial
@@ -86,22 +86,24 @@ def test_cifar_background_from_a_pool():
         generate_shapes(10, background="cifar10")
 
 
-def _cifar_root():
-    here = Path(__file__).resolve().parents[1]
-    for cand in (here.parent / "shared/data/cifar10", here / "data"):
-        if (cand / "cifar-10-batches-py" / "test_batch").is_file():
-            return cand
-    return None
+def test_loader_with_real_cifar_backgrounds(cifar_root):
+    from dhat.data.cifar import load_cifar
 
-
-@pytest.mark.skipif(_cifar_root() is None, reason="CIFAR-10 not available")
-def test_loader_with_real_cifar_backgrounds():
-    b = load_dataset("shapes", root=str(_cifar_root()), n_train=1000, n_test=500,
-                     background="cifar10")
+    b = load_dataset("shapes", root=str(cifar_root), n_train=1000, n_test=500, background="cifar10")
     assert b.train_x.shape == (1000, 3, 32, 32) and b.test_masks.shape == (500, 32, 32)
     assert b.name == "shapes-cifar10"
+    # the training split is generate_shapes on CIFAR-10's training images: outside the
+    # shape, every pixel is the named CIFAR-10 training image's
+    pool_x, pool_y, _ = load_cifar(cifar_root, "cifar10", train=True)
+    s_train = int(np.random.SeedSequence(0).spawn(2)[0].generate_state(1)[0])
+    tr = generate_shapes(1000, 0.9, s_train, background="cifar10", bg_pool=(pool_x, pool_y))
+    assert torch.equal(tr["images"], b.train_x) and torch.equal(tr["masks"], b.train_masks)
+    bg = pool_x[tr["bg_index"]]
+    outside = ~b.train_masks[:, None].expand_as(bg)
+    assert torch.equal(b.train_x[outside], bg[outside])
 
 
+@pytest.mark.slow
 def test_registered_loader_full_size_and_fast():
     t0 = time.perf_counter()
     b = load_dataset("shapes")

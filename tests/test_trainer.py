@@ -1,22 +1,39 @@
 import json
 import math
+import shutil
 from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import TINY
 
 from dhat.checkpoint import read_checkpoint
-from dhat.errors import UserError
 from dhat.cli import main
+from dhat.errors import UserError
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
 from dhat.train.schedule import piecewise_lr
 
-from conftest import TINY
-
 
 def run(tmp_path, *extra, name="run"):
     return main(["train", *TINY, "--out-dir", str(tmp_path / name), "--no-eval", *extra])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """`full_run(method)`: the uninterrupted TINY run (2 epochs) of `method`, trained once
+    for the module (the resume test's reference and the run the other tests inspect);
+    copy it before writing into it."""
+    runs = {}
+
+    def get(method):
+        if method not in runs:
+            root = tmp_path_factory.mktemp(f"full_{method}")
+            assert run(root, "--method", method) == 0
+            runs[method] = root / "run"
+        return runs[method]
+
+    return get
 
 
 def test_piecewise_schedule_does_not_compound():
@@ -26,11 +43,10 @@ def test_piecewise_schedule_does_not_compound():
 
 
 @pytest.mark.parametrize("method", ["dhat", "pgd_at"])
-def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, method):
-    assert run(tmp_path, "--method", method, name="full") == 0
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, full_run, method):
     assert run(tmp_path, "--method", method, "--epochs", "1", name="cut") == 0
     assert run(tmp_path, "--method", method, "--resume", name="cut") == 0
-    a = read_checkpoint(tmp_path / "full" / "last.pt")
+    a = read_checkpoint(full_run(method) / "last.pt")
     b = read_checkpoint(tmp_path / "cut" / "last.pt")
     assert a["epoch"] == b["epoch"] == 1
     for k, v in a["model"].items():
@@ -39,13 +55,23 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, method):
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
 
 
-def test_run_writes_config_log_and_checkpoints(tmp_path):
-    assert run(tmp_path, "--method", "dhat") == 0
-    out = tmp_path / "run"
+def test_run_writes_config_log_and_checkpoints(full_run):
+    out = full_run("dhat")
     assert {"config.yaml", "log.jsonl", "last.pt", "best.pt"} <= {p.name for p in out.iterdir()}
     rec = json.loads((out / "log.jsonl").read_text().splitlines()[0])
-    for key in ("loss", "ce", "dhlr", "floe", "adv_acc", "clean_acc", "lr", "seconds",
-                "images_per_s", "val_robust_acc", "val_clean_acc"):
+    for key in (
+        "loss",
+        "ce",
+        "dhlr",
+        "floe",
+        "adv_acc",
+        "clean_acc",
+        "lr",
+        "seconds",
+        "images_per_s",
+        "val_robust_acc",
+        "val_clean_acc",
+    ):
         assert key in rec, key
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
     state = read_checkpoint(out / "last.pt")
@@ -53,22 +79,28 @@ def test_run_writes_config_log_and_checkpoints(tmp_path):
 
 
 def test_existing_run_is_refused(tmp_path, capsys):
-    assert run(tmp_path) == 0
+    assert run(tmp_path, "--epochs", "1") == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
     capsys.readouterr()
-    assert run(tmp_path) == 2
+    assert run(tmp_path, "--epochs", "1") == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert run(tmp_path, "--overwrite") == 0
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # the refused run wrote nothing
+    assert run(tmp_path, "--epochs", "1", "--overwrite", "--seed", "1") == 0
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["seed"] == 1
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "preact_resnet_18"], "preact_resnet18"),
-    (["--method", "dhta"], "dhat"),
-    (["--eps", "9"], "(0, 1]"),
-    (["--eps", "0"], "(0, 1]"),
-    (["--dataset", "cifar10", "--data-root", "/nonexistent/dir"], "cifar-10-batches-py"),
-    (["--method", "pgd_at", "--dhlr", "paper"], "no option --dhlr"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "preact_resnet_18"], "preact_resnet18"),
+        (["--method", "dhta"], "dhat"),
+        (["--eps", "9"], "(0, 1]"),
+        (["--eps", "0"], "(0, 1]"),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent/dir"], "cifar-10-batches-py"),
+        (["--method", "pgd_at", "--dhlr", "paper"], "no option --dhlr"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
     assert run(tmp_path, *args) == 2
     err = capsys.readouterr().err.strip()
@@ -108,11 +140,26 @@ def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing.pt")]) == 2
 
 
-def test_train_then_eval_writes_result_json(tmp_path, capsys):
-    assert run(tmp_path, "--method", "pgd_at") == 0
+def test_train_then_eval_writes_result_json(tmp_path, full_run, capsys):
+    shutil.copytree(full_run("pgd_at"), tmp_path / "run")
     ckpt = tmp_path / "run" / "best.pt"
-    assert main(["eval", str(ckpt), "--attacks", "clean", "pgd10", "cw", "--gap-train-images", "50",
-                 "--eps", "8/255"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--attacks",
+                "clean",
+                "pgd10",
+                "cw",
+                "--gap-train-images",
+                "50",
+                "--eps",
+                "8/255",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "pgd10" in out and "robust gap" in out
     card = json.loads((tmp_path / "run" / "eval_best.json").read_text())
@@ -125,14 +172,19 @@ def test_train_then_eval_writes_result_json(tmp_path, capsys):
 
 def _public_methods():
     from dhat.methods import list_methods
+
     return [m for m in list_methods() if not m.startswith("_")]
 
 
 @pytest.mark.parametrize("method", _public_methods())
 def test_cli_trains_every_method(tmp_path, method):
-    assert run(tmp_path, "--method", method, "--epochs", "1") == 0
-    rec = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
-    assert math.isfinite(rec["loss"]) and rec["images"] == 160
+    # 64 training images (2 steps), 16 validation images
+    extra = ["--epochs", "1", "--train-subset", "80", "--val-size", "16"]
+    assert run(tmp_path, "--method", method, *extra) == 0
+    (rec,) = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert math.isfinite(rec["loss"]) and rec["images"] == 64 and rec["epoch"] == 1
+    state = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["config"]["method"] == method and state["epoch"] == 0
 
 
 def test_every_preset_is_a_valid_config():
@@ -140,8 +192,9 @@ def test_every_preset_is_a_valid_config():
     from dhat.data import list_datasets
     from dhat.methods import list_methods
     from dhat.models import list_models
+
     for name in PRESETS:
-        if name == "cifar10-dhat-official":   # needs its frozen CAM network on disk first
+        if name == "cifar10-dhat-official":  # needs its frozen CAM network on disk first
             with pytest.raises(UserError, match="dhat train --preset cifar10-standard"):
                 build_train_config(preset=name)
             continue

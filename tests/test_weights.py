@@ -1,4 +1,5 @@
 """Plain state dicts of the common CIFAR ResNet layout, wrappers, safetensors and `dhat export`."""
+
 import json
 
 import pytest
@@ -10,7 +11,6 @@ import dhat
 from dhat.cli import main
 from dhat.errors import UserError
 from dhat.models.weights import load_weights_file, parse_normalization
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +26,9 @@ class RefBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -91,17 +93,24 @@ def test_wrappers_prefixes_and_renamed_keys(tmp_path, reference):
             sd["module." + k] = v
     f = tmp_path / "wrapped.pth"
     torch.save({"epoch": 3, "state_dict": sd, "best_acc": 0.5}, f)
-    model, info = load_weights_file(f, "resnet18", num_classes=10, model_args={"width": 8},
-                                    normalization="0.5,0.5,0.5/0.25,0.25,0.25")
+    model, info = load_weights_file(
+        f,
+        "resnet18",
+        num_classes=10,
+        model_args={"width": 8},
+        normalization="0.5,0.5,0.5/0.25,0.25,0.25",
+    )
     assert _logits_equal(model, ref, x, (0.5,) * 3, (0.25,) * 3) and info["renamed_keys"] > 0
     f2 = tmp_path / "model_wrapped.pt"
     torch.save({"model": ref.state_dict()}, f2)
-    assert _logits_equal(load_weights_file(f2, "resnet18", model_args={"width": 8},
-                                           normalization="none")[0], ref, x)
+    assert _logits_equal(
+        load_weights_file(f2, "resnet18", model_args={"width": 8}, normalization="none")[0], ref, x
+    )
 
 
 def test_safetensors_and_one_line_mismatch_errors(tmp_path, reference):
     from safetensors.torch import save_file
+
     ref, x = reference
     f = tmp_path / "ref.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(f))
@@ -113,7 +122,9 @@ def test_safetensors_and_one_line_mismatch_errors(tmp_path, reference):
     with pytest.raises(UserError) as e:  # wrong architecture: missing / unexpected keys
         load_weights_file(f, "small_cnn", normalization="none")
     msg = str(e.value)
-    assert "missing" in msg and "unexpected" in msg and "features.0.weight" in msg and "\n" not in msg
+    assert (
+        "missing" in msg and "unexpected" in msg and "features.0.weight" in msg and "\n" not in msg
+    )
     with pytest.raises(UserError, match="--normalization"):  # no mean/std and none given
         load_weights_file(f, "resnet18", model_args={"width": 8})
     bad = tmp_path / "pickled.pt"
@@ -128,16 +139,57 @@ def test_cli_eval_weights_file(tmp_path, capsys):
     f = tmp_path / "tp.pt"
     torch.save({"state_dict": ref.state_dict()}, f)
     out = tmp_path / "tp.json"
-    assert main(["eval", "--weights-file", str(f), "--model", "resnet18", "--model-arg", "width=4",
-                 "--normalization", "none", "--dataset", "blobs", "--attacks", "clean", "pgd10",
-                 "--n-test", "16", "--gap-train-images", "0", "--no-sanity", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights-file",
+                str(f),
+                "--model",
+                "resnet18",
+                "--model-arg",
+                "width=4",
+                "--normalization",
+                "none",
+                "--dataset",
+                "blobs",
+                "--attacks",
+                "clean",
+                "pgd10",
+                "--n-test",
+                "16",
+                "--gap-train-images",
+                "0",
+                "--no-sanity",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     card = json.loads(out.read_text())
-    assert card["source"] == "state-dict" and card["num_classes"] == 4 and card["model"] == "resnet18"
+    assert (
+        card["source"] == "state-dict" and card["num_classes"] == 4 and card["model"] == "resnet18"
+    )
     assert card["normalization"]["mean"] == [0, 0, 0] and card["n_test"] == 16
     assert card["sanity"] == [] and len(card["checkpoint_sha256"]) == 64
     capsys.readouterr()
-    assert main(["eval", "--weights-file", str(f), "--model", "resnet18", "--dataset", "blobs",
-                 "--normalization", "none"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--weights-file",
+                str(f),
+                "--model",
+                "resnet18",
+                "--dataset",
+                "blobs",
+                "--normalization",
+                "none",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not fit" in err and len(err.strip().splitlines()) == 1
 
@@ -145,24 +197,45 @@ def test_cli_eval_weights_file(tmp_path, capsys):
 def test_export_then_reload_gives_identical_logits(tmp_path):
     from dhat.checkpoint import load_model, save_checkpoint
     from dhat.export import load_exported
+
     torch.manual_seed(0)
-    model = dhat.create_model("small_cnn", num_classes=4, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
-    fawa = dhat.create_model("small_cnn", num_classes=4, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
-    spec = {"name": "small_cnn", "num_classes": 4, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25],
-            "kwargs": {"width": 4}}
+    model = dhat.create_model(
+        "small_cnn", num_classes=4, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)
+    )
+    fawa = dhat.create_model(
+        "small_cnn", num_classes=4, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)
+    )
+    spec = {
+        "name": "small_cnn",
+        "num_classes": 4,
+        "mean": [0.4, 0.5, 0.6],
+        "std": [0.2, 0.3, 0.25],
+        "kwargs": {"width": 4},
+    }
     ckpt = tmp_path / "run" / "best.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "model_spec": spec, "epoch": 2, "method": "dhat",
-                           "config": {"dataset": "blobs", "eps": 8 / 255},
-                           "extra_models": {"fawa": fawa.state_dict()}})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "model_spec": spec,
+            "epoch": 2,
+            "method": "dhat",
+            "config": {"dataset": "blobs", "eps": 8 / 255},
+            "extra_models": {"fawa": fawa.state_dict()},
+        },
+    )
     out = tmp_path / "exp" / "model.safetensors"
     assert main(["export", str(ckpt), "--out", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["architecture"] == "small_cnn" and meta["kwargs"] == {"width": 4}
     assert meta["num_classes"] == 4 and meta["mean"] == pytest.approx([0.4, 0.5, 0.6])
     from safetensors.torch import load_file
+
     sd = load_file(str(out))
     assert "mean" in sd and "std" in sd
-    plain = dhat.create_model(meta["architecture"], num_classes=meta["num_classes"], **meta["kwargs"])
+    plain = dhat.create_model(
+        meta["architecture"], num_classes=meta["num_classes"], **meta["kwargs"]
+    )
     plain.load_state_dict(sd)  # any code that builds the same architecture
     x = torch.rand(5, 3, 32, 32)
     ref = load_model(ckpt)

@@ -1,8 +1,9 @@
 """Overlay figures: image | ground-truth mask | Grad-CAM, a row per class."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,8 +35,16 @@ def select_per_class(labels: np.ndarray, per_class: int) -> list[tuple[int, list
     return rows
 
 
-def save_overlay_grid(path, images, masks, cams, labels, class_names: Sequence[str] | None = None,
-                      per_class: int = 4, use_matplotlib: bool | None = None) -> Path:
+def save_overlay_grid(
+    path,
+    images,
+    masks,
+    cams,
+    labels,
+    class_names: Sequence[str] | None = None,
+    per_class: int = 4,
+    use_matplotlib: bool | None = None,
+) -> Path:
     """A PNG grid: one row per class, `per_class` samples each as (image | mask | CAM overlay).
 
     images (N, 3, H, W) uint8 or [0, 1]; masks (N, H, W) bool; cams (N, H, W) in [0, 1]
@@ -69,24 +78,32 @@ def save_overlay_grid(path, images, masks, cams, labels, class_names: Sequence[s
                 tile = np.repeat(np.repeat(arr[i], scale, 0), scale, 1)
                 x0 = (3 * k + j) * (tw + gap)
                 y0 = r * (th + gap)
-                grid[y0:y0 + th, x0:x0 + tw] = tile
+                grid[y0 : y0 + th, x0 : x0 + tw] = tile
     grid8 = np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)
     row_names = [names[c] if c < len(names) else str(c) for c, _ in rows]
 
     if use_matplotlib is None:
         try:
             import matplotlib  # noqa: F401
+
             use_matplotlib = True
         except ImportError:
             use_matplotlib = False
     if use_matplotlib:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no pyplot state
         from matplotlib.figure import Figure
+
         dpi, label_in = 100, 1.2
         fig = Figure(figsize=(grid8.shape[1] / dpi + label_in, grid8.shape[0] / dpi + 0.3), dpi=dpi)
         FigureCanvasAgg(fig)
-        ax = fig.add_axes((label_in / fig.get_figwidth(), 0.0,
-                           1 - label_in / fig.get_figwidth(), 1 - 0.3 / fig.get_figheight()))
+        ax = fig.add_axes(
+            (
+                label_in / fig.get_figwidth(),
+                0.0,
+                1 - label_in / fig.get_figwidth(),
+                1 - 0.3 / fig.get_figheight(),
+            )
+        )
         ax.imshow(grid8, interpolation="nearest")
         ax.set_xticks([(j + 0.5) * (tw + gap) for j in range(ncol)])
         ax.set_xticklabels([("image", "mask", "Grad-CAM")[j % 3] for j in range(ncol)], fontsize=7)
@@ -99,6 +116,7 @@ def save_overlay_grid(path, images, masks, cams, labels, class_names: Sequence[s
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
         return path
     from PIL import Image, ImageDraw
+
     label_w, head = 90, 14
     canvas = Image.new("RGB", (label_w + grid8.shape[1], head + grid8.shape[0]), "white")
     canvas.paste(Image.fromarray(grid8), (label_w, head))

@@ -10,11 +10,13 @@ measures, bg_gap / bg_gap_pgd10 (mixed_same − mixed_rand), acc:SPLIT / pgd10:S
 on a split), fg_iou / bg_iou (natural images, mixed_rand) and fg_iou_inv / bg_iou_inv
 (inverse images), each optionally :SPLIT.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import UserError
 from ..eval.card import read_card
@@ -25,9 +27,17 @@ IOU_DEFAULT_SPLIT = "mixed_rand"
 
 
 def column_title(key: str) -> str:
-    titles = {"clean": "Clean", "aa": "AA", "gap": "Robust Gap", "bg_gap": "BG-gap",
-              "bg_gap_pgd10": "BG-gap (PGD-10)", "fg_iou": "fg IoU", "bg_iou": "bg IoU",
-              "fg_iou_inv": "fg IoU (x̌)", "bg_iou_inv": "bg IoU (x̌)"}
+    titles = {
+        "clean": "Clean",
+        "aa": "AA",
+        "gap": "Robust Gap",
+        "bg_gap": "BG-gap",
+        "bg_gap_pgd10": "BG-gap (PGD-10)",
+        "fg_iou": "fg IoU",
+        "bg_iou": "bg IoU",
+        "fg_iou_inv": "fg IoU (x̌)",
+        "bg_iou_inv": "bg IoU (x̌)",
+    }
     base, _, split = key.partition(":")
     if base in titles:
         return titles[base] + (f" {split}" if split else "")
@@ -94,8 +104,11 @@ def value(card: dict[str, Any], key: str) -> float | None:
         return None if v is None else 100 * v["value"]
     if base in ("fg_iou", "bg_iou", "fg_iou_inv", "bg_iou_inv"):
         att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {})
-        kind = next((k for k in att if k.startswith("inverse")), None) \
-            if base.endswith("_inv") else "natural"
+        kind = (
+            next((k for k in att if k.startswith("inverse")), None)
+            if base.endswith("_inv")
+            else "natural"
+        )
         m = att.get(kind or "", {}).get(base.removesuffix("_inv"))
         return None if m is None else m["value"]
     if split:
@@ -121,8 +134,13 @@ def _lower_is_better(key: str) -> bool:
     return key.partition(":")[0] in ("gap", "bg_gap", "bg_gap_pgd10", "bg_iou", "bg_iou_inv")
 
 
-def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str] = DEFAULT_COLUMNS,
-                   *, bold_best: bool = False, notes: bool = True) -> str:
+def markdown_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    *,
+    bold_best: bool = False,
+    notes: bool = True,
+) -> str:
     """The comparison table: one row per card, accuracies and gaps in % (2 decimals), IoU as
     fractions (3 decimals), '–' where a card lacks the column. Each column's image count is in
     its header (or in each cell where the cards differ). `bold_best` bolds the best value per
@@ -137,7 +155,7 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence
         heads.append(column_title(c) + (f" (n={n})" if n else ""))
     best = []
     for j, c in enumerate(columns):
-        col = [v[j] for v in vals if v[j] is not None]
+        col = [x for x in (v[j] for v in vals) if x is not None]
         best.append(None if len(col) < 2 else (min(col) if _lower_is_better(c) else max(col)))
     lines = ["| Method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]
     for i, ((label, card), v) in enumerate(zip(rows, vals)):
@@ -149,7 +167,8 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence
             s = f"{x:.3f}" if "iou" in columns[j] else f"{x:.2f}"
             if per_cell[j]:
                 s += f" ({counts[i][j]})"
-            bold = bold_best and best[j] is not None and math.isclose(x, best[j])
+            b = best[j]
+            bold = bold_best and b is not None and math.isclose(x, b)
             cells.append(f"**{s}**" if bold else s)
         mark = " †" if card.get("sanity_failed") else ""
         lines.append(f"| {label}{mark} | " + " | ".join(cells) + " |")
@@ -168,30 +187,42 @@ def _notes(rows, columns) -> list[str]:
         if "gap" in columns and card.get("robust_gap"):
             s += "; robust gap = PGD-10 accuracy on training images − on test images"
         return s
+
     descr = [describe(card) for _, card in rows]
-    out = ["Accuracy in %; (n=…) is the number of images each column was measured on "
-           "(the first n of the split)."]
+    out = [
+        "Accuracy in %; (n=…) is the number of images each column was measured on "
+        "(the first n of the split)."
+    ]
     if len(set(descr)) == 1:
         out.append(f"{descr[0]}.")
     else:
         out += [f"- {label}: {d}." for (label, _), d in zip(rows, descr)]
     for label, card in rows:
         if card.get("sanity_failed"):
-            out.append(f"† {label}: sanity checks failed ({', '.join(card['sanity_failed'])}); "
-                       "see docs/sanity_checks.md.")
+            out.append(
+                f"† {label}: sanity checks failed ({', '.join(card['sanity_failed'])}); "
+                "see docs/sanity_checks.md."
+            )
     return out
 
 
-def plot_report(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path,
-                columns: Sequence[str] = DEFAULT_COLUMNS) -> Path:
+def plot_report(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    path: str | Path,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+) -> Path:
     """Curves of every card that has them in one figure; else grouped bars of the table."""
     from ..eval.curves import figure, plot_curves
     from ..io import atomic_write
+
     with_curves = [(label, card["curves"]) for label, card in rows if card.get("curves")]
     if with_curves:
         return plot_curves(with_curves, path)
-    cols = [c for c in columns if c != "gap" and "iou" not in c
-            and any(value(card, c) is not None for _, card in rows)]
+    cols = [
+        c
+        for c in columns
+        if c != "gap" and "iou" not in c and any(value(card, c) is not None for _, card in rows)
+    ]
     if not cols:
         raise UserError("nothing to plot: the cards have no curves and no accuracies")
     fig = figure(1, width=max(5.0, 1.2 * len(cols) * max(1, len(rows)) / 2))

@@ -14,6 +14,7 @@ same images in the same order, so the cascade is the one a single call runs: the
 accuracy equals `AutoAttack(...).run_standard_evaluation(x, y)` with the same seed and batch
 size (tests/test_eval_autoattack.py checks this).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,8 @@ import importlib
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,6 +46,7 @@ def import_autoattack():
             if version is None:
                 try:
                     from importlib.metadata import version as dist_version
+
                     version = dist_version(name)
                 except Exception:
                     version = "unknown"
@@ -72,11 +75,13 @@ class _Capture(logging.Handler):
 
 def _build(module, name: str, model, *, eps: float, seed: int, device) -> Any:
     if name == "pyautoattack":  # keyword-only API, logs through logging.getLogger('auto-attack')
-        aa = module.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed,
-                               device=device)
+        aa = module.AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", seed=seed, device=device
+        )
     else:  # the official package: verbose prints to stdout
-        aa = module.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed,
-                               device=device, verbose=False)
+        aa = module.AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", seed=seed, device=device, verbose=False
+        )
     return aa
 
 
@@ -101,10 +106,21 @@ def reduce_budget(aa, *, n_iter: int | None = None, n_queries: int | None = None
         aa.square.n_queries = n_queries
 
 
-def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch_size: int = 250,
-                   device="cpu", seed: int = 0, n: int | None = None,
-                   n_iter: int | None = None, n_queries: int | None = None,
-                   return_flags: bool = False, log: Callable[[str], None] | None = None):
+def run_autoattack(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    batch_size: int = 250,
+    device="cpu",
+    seed: int = 0,
+    n: int | None = None,
+    n_iter: int | None = None,
+    n_queries: int | None = None,
+    return_flags: bool = False,
+    log: Callable[[str], None] | None = None,
+):
     """Standard AutoAttack (L-inf) on the first `n` images of `x` (uint8 (N,3,H,W) or float in
     [0, 1]) -> a JSON-ready dict:
 
@@ -133,19 +149,36 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch
     propagate, aa_logger.propagate = aa_logger.propagate, False  # re-issued below as warnings
     flagged: list[str] = []
     try:
-        with model_mode(model, "eval"), frozen_params(model), \
-                warnings.catch_warnings(record=True) as caught:
+        with (
+            model_mode(model, "eval"),
+            frozen_params(model),
+            warnings.catch_warnings(record=True) as caught,
+        ):
             warnings.simplefilter("always")
             robust, after, clean, standard, n_targets = _cascade(
-                module, name, model, x, y, eps=eps, seed=seed, device=device,
-                batch_size=batch_size, n_iter=n_iter, n_queries=n_queries, flagged=flagged,
-                log=log)
+                module,
+                name,
+                model,
+                x,
+                y,
+                eps=eps,
+                seed=seed,
+                device=device,
+                batch_size=batch_size,
+                n_iter=n_iter,
+                n_queries=n_queries,
+                flagged=flagged,
+                log=log,
+            )
     finally:
         aa_logger.removeHandler(handler)
         aa_logger.propagate = propagate
     reduced = n_iter is not None or n_queries is not None
-    own = [str(w.message) for w in caught  # AutoAttack's checks warn with the bare Warning class
-           if w.category is Warning or f"{name}/" in w.filename.replace("\\", "/")]
+    own = [
+        str(w.message)
+        for w in caught  # AutoAttack's checks warn with the bare Warning class
+        if w.category is Warning or f"{name}/" in w.filename.replace("\\", "/")
+    ]
     for w in caught:  # anything else (e.g. a torch deprecation) passes through unchanged
         if str(w.message) not in own:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -155,21 +188,31 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch
     for m in flagged:
         warnings.warn(f"AutoAttack: {m}", stacklevel=2)
     result = {
-        "package": name, "package_version": version,
-        "version": "standard" if not reduced else
-                   f"standard (reduced budget: n_iter={n_iter}, n_queries={n_queries})",
-        "norm": "Linf", "eps": eps, "eps_255": round(eps * 255, 3), "n": len(y), "seed": seed,
-        "batch_size": batch_size, "attacks": standard, "n_target_classes": n_targets,
+        "package": name,
+        "package_version": version,
+        "version": "standard"
+        if not reduced
+        else f"standard (reduced budget: n_iter={n_iter}, n_queries={n_queries})",
+        "norm": "Linf",
+        "eps": eps,
+        "eps_255": round(eps * 255, 3),
+        "n": len(y),
+        "seed": seed,
+        "batch_size": batch_size,
+        "attacks": standard,
+        "n_target_classes": n_targets,
         "clean_accuracy": clean,
         "robust_accuracy_after": after,
         "robust_accuracy": robust.float().mean().item() if len(y) else 0.0,
-        "warnings": flagged, "seconds": round(time.perf_counter() - t0, 1),
+        "warnings": flagged,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     return (result, robust.clone()) if return_flags else result
 
 
-def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter, n_queries,
-             flagged, log):
+def _cascade(
+    module, name, model, x, y, *, eps, seed, device, batch_size, n_iter, n_queries, flagged, log
+):
     """Run the standard attacks one after another on the images still robust."""
     with torch.no_grad():
         num_classes = model(x[:1].to(device)).shape[-1]
@@ -187,8 +230,10 @@ def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter
     robust = torch.zeros(len(y), dtype=torch.bool)
     after: dict[str, float] = {}
     with torch.no_grad():  # the package's own clean pass uses the same batches
-        pred = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                for i in range(0, len(y), batch_size)]
+        pred = [
+            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+            for i in range(0, len(y), batch_size)
+        ]
     clean = (torch.cat(pred) == y).float().mean().item() if len(y) else 0.0
     for k, attack in enumerate(standard):
         # The cascade: all images for the first attack (the package drops the misclassified
@@ -198,7 +243,9 @@ def _cascade(module, name, model, x, y, *, eps, seed, device, batch_size, n_iter
             after[attack] = 0.0
             continue
         aa.attacks_to_run = [attack]
-        quiet = contextlib.redirect_stdout(None) if name != "pyautoattack" else contextlib.nullcontext()
+        quiet = (
+            contextlib.redirect_stdout(None) if name != "pyautoattack" else contextlib.nullcontext()
+        )
         with quiet:
             _, y_adv = _evaluate(aa, name, x[idx], y[idx], batch_size)
         survived = y_adv.cpu() == y[idx]

@@ -1,4 +1,5 @@
 """Attack objectives on logits (B, C), summed over the batch (sign-PGD ignores the scale)."""
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ def kl_to(logits: torch.Tensor, p_ref: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits, 1), p_ref, reduction="sum")
 
 
-def dhat_inverse_loss(logits: torch.Tensor, y: torch.Tensor, p_nat: torch.Tensor,
-                      p_adv: torch.Tensor) -> torch.Tensor:
+def dhat_inverse_loss(
+    logits: torch.Tensor, y: torch.Tensor, p_nat: torch.Tensor, p_adv: torch.Tensor
+) -> torch.Tensor:
     """Official DHAT / UIAT inverse objective (DHAT train.py:21-24), to be *descended*:
     CE(ž, y) + KL(p_nat || p̌) - KL(p_adv || p̌), all summed over the batch."""
     return ce_loss(logits, y) + kl_to(logits, p_nat) - kl_to(logits, p_adv)

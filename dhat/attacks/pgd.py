@@ -3,10 +3,12 @@
 Every attack takes the model's mode as an explicit argument (`bn_mode`), sets it for the
 attack only and restores the caller's mode afterwards. Gradients are input-only.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -42,8 +44,11 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps) -> torch.Tensor:
 def random_init(x: torch.Tensor, eps, init: Init) -> torch.Tensor:
     """Starting point: uniform in the eps-ball (clamped), x + 0.001 N(0, I) (TRADES), or x."""
     if init == "uniform":
-        noise = (torch.empty_like(x).uniform_(-eps, eps) if isinstance(eps, float)
-                 else torch.empty_like(x).uniform_(-1, 1) * eps)
+        noise = (
+            torch.empty_like(x).uniform_(-eps, eps)
+            if isinstance(eps, float)
+            else torch.empty_like(x).uniform_(-1, 1) * eps
+        )
         return torch.clamp(x + noise, 0.0, 1.0)
     if init == "gauss":
         return x + 0.001 * torch.randn_like(x)
@@ -52,9 +57,18 @@ def random_init(x: torch.Tensor, eps, init: Init) -> torch.Tensor:
     raise ValueError(f"init must be uniform, gauss or none, got {init!r}")
 
 
-def sign_pgd(model, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], *,
-             eps, step_size: float, steps: int, init: Init = "uniform", bn_mode: BNMode = "eval",
-             descend: bool = False) -> torch.Tensor:
+def sign_pgd(
+    model,
+    x: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    eps,
+    step_size: float,
+    steps: int,
+    init: Init = "uniform",
+    bn_mode: BNMode = "eval",
+    descend: bool = False,
+) -> torch.Tensor:
     """The shared loop: x <- Π(x ± α·sign(∇ objective(f(x)))). Returns a detached x_adv.
 
     x: (B, C, H, W) in [0, 1]; `objective(logits) -> scalar`; eps float or (B,) tensor.
@@ -75,9 +89,19 @@ def sign_pgd(model, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.T
     return project(x_adv, x, e).detach()
 
 
-def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: float, steps: int,
-        loss: Literal["ce", "cw", "kl"] = "ce", p_ref: torch.Tensor | None = None,
-        init: Init = "uniform", bn_mode: BNMode = "eval") -> torch.Tensor:
+def pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps,
+    step_size: float,
+    steps: int,
+    loss: Literal["ce", "cw", "kl"] = "ce",
+    p_ref: torch.Tensor | None = None,
+    init: Init = "uniform",
+    bn_mode: BNMode = "eval",
+) -> torch.Tensor:
     """PGD ascent on CE, the CW margin, or KL(p_ref || p(x')) (TRADES; p_ref (B, C) fixed).
 
     x: (B, C, H, W) in [0, 1], y: (B,). Returns x_adv with ||x_adv - x||_inf <= eps, in [0, 1].
@@ -93,12 +117,20 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: float, steps
         objective = partial(kl_to, p_ref=p_ref)
     else:
         raise ValueError(f"loss must be ce, cw or kl, got {loss!r}")
-    return sign_pgd(model, x, objective, eps=eps, step_size=step_size, steps=steps,
-                    init=init, bn_mode=bn_mode)
+    return sign_pgd(
+        model, x, objective, eps=eps, step_size=step_size, steps=steps, init=init, bn_mode=bn_mode
+    )
 
 
-def _official_inverse_objective(z: torch.Tensor, *, y: torch.Tensor, p_nat: torch.Tensor,
-                                p_adv: torch.Tensor | None, net, x_adv: torch.Tensor) -> torch.Tensor:
+def _official_inverse_objective(
+    z: torch.Tensor,
+    *,
+    y: torch.Tensor,
+    p_nat: torch.Tensor,
+    p_adv: torch.Tensor | None,
+    net,
+    x_adv: torch.Tensor,
+) -> torch.Tensor:
     """The official inverse loss of logits z; p_adv None: recomputed now, in the loop's mode."""
     if p_adv is None:
         with torch.no_grad():
@@ -106,10 +138,20 @@ def _official_inverse_objective(z: torch.Tensor, *, y: torch.Tensor, p_nat: torc
     return dhat_inverse_loss(z, y, p_nat, p_adv)
 
 
-def inverse_pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: float, steps: int,
-                loss: Literal["ce", "official"] = "official", x_adv: torch.Tensor | None = None,
-                init: Init = "uniform", bn_mode: BNMode = "eval",
-                recompute_adv: bool = False) -> torch.Tensor:
+def inverse_pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps,
+    step_size: float,
+    steps: int,
+    loss: Literal["ce", "official"] = "official",
+    x_adv: torch.Tensor | None = None,
+    init: Init = "uniform",
+    bn_mode: BNMode = "eval",
+    recompute_adv: bool = False,
+) -> torch.Tensor:
     """Inverse adversarial example: PGD *descent* that makes y more likely.
 
     loss="ce": descend CE(f(x'), y) (UIAT's basic form).
@@ -130,9 +172,19 @@ def inverse_pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps, step_size: floa
             p_nat = torch.softmax(base(x), 1)
             p_adv = None if recompute_adv else torch.softmax(base(x_adv), 1)
 
-        objective = partial(_official_inverse_objective, y=y, p_nat=p_nat, p_adv=p_adv,
-                            net=base, x_adv=x_adv)
+        objective = partial(
+            _official_inverse_objective, y=y, p_nat=p_nat, p_adv=p_adv, net=base, x_adv=x_adv
+        )
     else:
         raise ValueError(f"inverse loss must be ce or official, got {loss!r}")
-    return sign_pgd(model, x, objective, eps=eps, step_size=step_size, steps=steps,
-                    init=init, bn_mode=bn_mode, descend=True)
+    return sign_pgd(
+        model,
+        x,
+        objective,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        init=init,
+        bn_mode=bn_mode,
+        descend=True,
+    )

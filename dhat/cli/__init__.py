@@ -3,6 +3,7 @@
 Bad input prints one line naming the fix and exits with status 2; no traceback, no file
 written before the whole configuration is valid.
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,13 @@ from ..errors import UserError
 from . import attention, evaluate, export, report, train
 from .common import Parser
 
-COMMANDS = {"train": train, "eval": evaluate, "attention": attention, "report": report,
-            "export": export}
+COMMANDS = {
+    "train": train,
+    "eval": evaluate,
+    "attention": attention,
+    "report": report,
+    "export": export,
+}
 
 
 def build_parser(argv: list[str] | None = None) -> Parser:
@@ -29,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     command = argv[0] if argv else ""
     try:
-        if command == "train":   # an unknown option may be another method's: say whose
+        if command == "train":  # an unknown option may be another method's: say whose
             ns, extra = parser.parse_known_args(argv)
             if extra:
                 opt = next((a for a in extra if a.startswith("--")), extra[0])
@@ -41,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"dhat {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = "; continue it with --resume" if command == "train" else ""
+    except KeyboardInterrupt as e:
+        hint = "; continue it with --resume" if getattr(e, "resumable", False) else ""
         print(f"dhat {command}: interrupted{hint}", file=sys.stderr)
         return 130
 

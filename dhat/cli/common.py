@@ -1,11 +1,13 @@
 """What every subcommand shares: a parser whose errors are one line with exit status 2, and
 flags generated from a config dataclass's typed options (values are passed on as written;
 the config validates them, so a bad value names its flag)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Iterable, NoReturn
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 from ..schema import OptionSpec, coerce, specs
 
@@ -22,8 +24,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_option(group, spec: OptionSpec, dest: str | None = None,
-               names: list[str] | None = None) -> None:
+def add_option(
+    group, spec: OptionSpec, dest: str | None = None, names: list[str] | None = None
+) -> None:
     """One flag for `spec`: --x/--no-x for booleans, choices for enumerations, N values for
     lists, else one value kept as text (typed later, with the flag's name in any error)."""
     kw: dict[str, Any] = dict(dest=dest or spec.name, default=None, help=spec.describe())
@@ -34,8 +37,10 @@ def add_option(group, spec: OptionSpec, dest: str | None = None,
         kw["metavar"] = "{" + ",".join(map(str, spec.choices)) + "}"
     elif spec.type is list or getattr(spec.type, "__origin__", None) is list:
         kw["nargs"] = "*" if spec.name == "milestones" else "+"
-        kw["metavar"] = spec.name.upper().rstrip("S") if spec.name.endswith("s") else spec.name.upper()
-    elif names:   # a registry name: show the choices, check them in the config (nearest name)
+        kw["metavar"] = (
+            spec.name.upper().rstrip("S") if spec.name.endswith("s") else spec.name.upper()
+        )
+    elif names:  # a registry name: show the choices, check them in the config (nearest name)
         kw["metavar"] = "{" + ",".join(names) + "}"
     else:
         kw["metavar"] = spec.name.upper()
@@ -46,8 +51,12 @@ def registry_names() -> dict[str, list[str]]:
     from ..data import list_datasets
     from ..methods import list_methods
     from ..models import list_models
-    return {"dataset": list_datasets(), "model": list_models(),
-            "method": [m for m in list_methods() if not m.startswith("_")]}
+
+    return {
+        "dataset": list_datasets(),
+        "model": list_models(),
+        "method": [m for m in list_methods() if not m.startswith("_")],
+    }
 
 
 def add_config_options(group, cls: type, skip: Iterable[str] = ()) -> dict[str, OptionSpec]:
@@ -75,4 +84,5 @@ def from_flags(cls: type, flags: dict[str, Any], **fixed: Any) -> Any:
 def key_values(items: list[str] | None, what: str) -> dict[str, str]:
     """['width=16', ...] -> {'width': '16'} (typed later, against the factory)."""
     from ..schema import parse_key_value
+
     return dict(parse_key_value(kv, f"--{what}-arg") for kv in (items or []))

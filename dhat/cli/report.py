@@ -1,4 +1,5 @@
 """`dhat report RUN_DIR_OR_JSON ...`: result cards side by side (Markdown) and a figure."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,30 +10,51 @@ from .common import Parser
 
 def add_parser(sub, argv: list[str]) -> Parser:
     from ..analysis.report import DEFAULT_COLUMNS
-    p = sub.add_parser("report", help="compare result cards in a Markdown table (and a plot)",
-                       description="Result cards side by side, as a Markdown table like the "
-                                   "paper's, with each column's image count.")
-    p.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_JSON",
-                   help="run directories (their eval_*.json) or result JSON files")
+
+    p = sub.add_parser(
+        "report",
+        help="compare result cards in a Markdown table (and a plot)",
+        description="Result cards side by side, as a Markdown table like the "
+        "paper's, with each column's image count.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="RUN_DIR_OR_JSON",
+        help="run directories (their eval_*.json) or result JSON files",
+    )
     p.add_argument("--out", default=None, help="write the Markdown here (default: stdout)")
     p.add_argument("--plot", default=None, metavar="PATH", help="also write a PNG figure")
-    p.add_argument("--columns", default=None,
-                   help="comma-separated: clean, pgdK, cw, cwK, aa, gap, bg_gap, bg_gap_pgd10, "
-                        "acc:SPLIT, pgd10:SPLIT, fg_iou, bg_iou, fg_iou_inv, bg_iou_inv "
-                        f"(default: {','.join(DEFAULT_COLUMNS)}, plus bg_gap,fg_iou,bg_iou for "
-                        "cards with background measures)")
+    p.add_argument(
+        "--columns",
+        default=None,
+        help="comma-separated: clean, pgdK, cw, cwK, aa, gap, bg_gap, bg_gap_pgd10, "
+        "acc:SPLIT, pgd10:SPLIT, fg_iou, bg_iou, fg_iou_inv, bg_iou_inv "
+        f"(default: {','.join(DEFAULT_COLUMNS)}, plus bg_gap,fg_iou,bg_iou for "
+        "cards with background measures)",
+    )
     p.add_argument("--labels", nargs="+", default=None, help="one row label per card, in order")
     p.add_argument("--bold-best", action="store_true", help="bold the best value per column")
-    p.add_argument("--no-notes", dest="notes", action="store_false",
-                   help="the table only, without the notes under it")
+    p.add_argument(
+        "--no-notes",
+        dest="notes",
+        action="store_false",
+        help="the table only, without the notes under it",
+    )
     p.set_defaults(run=run)
     return p
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..analysis.report import (BACKGROUND_COLUMNS, DEFAULT_COLUMNS, load_cards,
-                                   markdown_table, plot_report)
+    from ..analysis.report import (
+        BACKGROUND_COLUMNS,
+        DEFAULT_COLUMNS,
+        load_cards,
+        markdown_table,
+        plot_report,
+    )
     from ..io import write_text
+
     rows = load_cards(ns.inputs)
     if ns.labels:
         if len(ns.labels) != len(rows):

@@ -3,6 +3,7 @@
 The chosen method's options are flags (`dhat train --method dhat --help` lists DHAT's); the
 method is read from --method, else the YAML file, else the preset, else the default (dhat).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ from ..config import PRESETS, EvalConfig, TrainConfig, build_train_config, read_
 from ..errors import UserError
 from ..methods import list_methods, method_options
 from ..schema import OptionSpec, specs
-from .common import Parser, add_config_options, add_option, flag, given, key_values
+from .common import add_config_options, add_option, flag, given, key_values
 
 QUICK_N = 1000
 TOP_LEVEL = {f for f, s in specs(TrainConfig).items() if s.flag}
@@ -36,7 +37,7 @@ def chosen_method(argv: list[str]) -> tuple[str, bool]:
             pass
     if ns.preset in PRESETS and "method" in PRESETS[ns.preset]:
         return PRESETS[ns.preset]["method"], False
-    return TrainConfig.__dataclass_fields__["method"].default, False
+    return TrainConfig.method, False  # the field's default (a dataclass class attribute)
 
 
 def method_flags(method: str) -> dict[str, OptionSpec]:
@@ -45,8 +46,10 @@ def method_flags(method: str) -> dict[str, OptionSpec]:
 
 def _method_listing() -> str:
     """Every method's options, grouped by method (the help epilog without --method)."""
-    lines = ["method options (only those of the chosen --method apply; "
-             "`dhat train --method NAME --help` shows one method's):"]
+    lines = [
+        "method options (only those of the chosen --method apply; "
+        "`dhat train --method NAME --help` shows one method's):"
+    ]
     for name in list_methods():
         if name.startswith("_"):
             continue
@@ -60,28 +63,51 @@ def _method_listing() -> str:
 def add_parser(sub, argv: list[str]) -> None:
     method, explicit = chosen_method(argv)
     p = sub.add_parser(
-        "train", help="train a model (see --preset, --method)",
+        "train",
+        help="train a model (see --preset, --method)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model. Precedence: defaults < --preset < --config YAML < flags. "
-                    "Budgets are pixel fractions: --eps 8/255.",
-        epilog=None if explicit else _method_listing())
+        "Budgets are pixel fractions: --eps 8/255.",
+        epilog=None if explicit else _method_listing(),
+    )
     p.add_argument("--config", help="YAML file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out-dir")
-    p.add_argument("--allow-change", default=None, metavar="NAMES",
-                   help="with --resume: settings that may differ from the run's, comma-separated "
-                        "(e.g. lr,lr_gamma or a method option such as lambda1); logged to "
-                        "events.jsonl")
-    p.add_argument("--no-eval", action="store_true",
-                   help="skip the quick evaluation after training")
+    p.add_argument(
+        "--allow-change",
+        default=None,
+        metavar="NAMES",
+        help="with --resume: settings that may differ from the run's, comma-separated "
+        "(e.g. lr,lr_gamma or a method option such as lambda1); logged to "
+        "events.jsonl",
+    )
+    p.add_argument(
+        "--no-eval", action="store_true", help="skip the quick evaluation after training"
+    )
     g = p.add_argument_group("run settings (TrainConfig)")
     add_config_options(g, TrainConfig, skip=("preset",))
-    g.add_argument("--preset", default=None, metavar="NAME",
-                   help=f"a named preset ({', '.join(sorted(PRESETS))})")
-    g.add_argument("--model-arg", dest="model_args", action="append", default=None,
-                   metavar="KEY=VALUE", help="architecture argument, e.g. width=16")
-    g.add_argument("--dataset-arg", dest="dataset_args", action="append", default=None,
-                   metavar="KEY=VALUE", help="dataset argument, e.g. rho=0.5")
+    g.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help=f"a named preset ({', '.join(sorted(PRESETS))})",
+    )
+    g.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="architecture argument, e.g. width=16",
+    )
+    g.add_argument(
+        "--dataset-arg",
+        dest="dataset_args",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="dataset argument, e.g. rho=0.5",
+    )
     if method in list_methods():
         mg = p.add_argument_group(f"options of method '{method}'")
         for name, spec in method_flags(method).items():
@@ -91,8 +117,11 @@ def add_parser(sub, argv: list[str]) -> None:
 
 def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
     flags: dict[str, Any] = given(ns, TOP_LEVEL | {"preset"})
-    method_args = {k.split("__", 1)[1]: v for k, v in vars(ns).items()
-                   if k.startswith("method__") and v is not None}
+    method_args = {
+        k.split("__", 1)[1]: v
+        for k, v in vars(ns).items()
+        if k.startswith("method__") and v is not None
+    }
     if method_args:
         flags["method_args"] = method_args
     for key in ("model_args", "dataset_args"):
@@ -104,13 +133,19 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
 def unknown_option_error(arg: str, method: str) -> UserError:
     """For `--beta` under a method without it: say which methods have it."""
     from ..errors import unknown_name
+
     name = arg.split("=")[0]
-    owners = [m for m in list_methods() if not m.startswith("_")
-              and name in {flag(k) for k in method_flags(m)}]
+    owners = [
+        m
+        for m in list_methods()
+        if not m.startswith("_") and name in {flag(k) for k in method_flags(m)}
+    ]
     if owners:
         opts = ", ".join(flag(k) for k in method_flags(method)) or "none"
-        return UserError(f"method '{method}' has no option {name} (it is an option of "
-                         f"{', '.join(owners)}); its options: {opts}")
+        return UserError(
+            f"method '{method}' has no option {name} (it is an option of "
+            f"{', '.join(owners)}); its options: {opts}"
+        )
     known = [flag(k) for k in TOP_LEVEL | set(method_flags(method))]
     return unknown_name("option of `dhat train`", name, known)
 
@@ -118,6 +153,7 @@ def unknown_option_error(arg: str, method: str) -> UserError:
 def run(ns: argparse.Namespace) -> None:
     from ..eval import evaluate_checkpoint, format_card
     from ..train import train
+
     cfg = train_config_from_args(ns)
     allow = [a.strip() for a in (ns.allow_change or "").split(",") if a.strip()]
     if allow and not ns.resume:
@@ -129,13 +165,23 @@ def run(ns: argparse.Namespace) -> None:
         return
     print(f"quick evaluation (clean, PGD-10 and the robust gap on {QUICK_N} images):")
     weights = "ema" if cfg.select == "ema" else "model"
-    card = evaluate_checkpoint(EvalConfig(checkpoint=str(best), attacks=["clean", "pgd10"],
-                                          n_test=QUICK_N, gap_train_images=QUICK_N,
-                                          sanity=False, device=cfg.device, weights=weights,
-                                          out=str(out / "eval_best_quick.json")),
-                               progress=cfg.progress)
+    card = evaluate_checkpoint(
+        EvalConfig(
+            checkpoint=str(best),
+            attacks=["clean", "pgd10"],
+            n_test=QUICK_N,
+            gap_train_images=QUICK_N,
+            sanity=False,
+            device=cfg.device,
+            weights=weights,
+            out=str(out / "eval_best_quick.json"),
+        ),
+        progress=cfg.progress,
+    )
     print(format_card(card))
     print(f"result written to {card['path']}")
-    print(f"full evaluation (all test images, PGD-10/20/50, CW, sanity checks; add --attacks "
-          f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}"
-          + (" --weights ema" if weights == "ema" else ""))
+    print(
+        f"full evaluation (all test images, PGD-10/20/50, CW, sanity checks; add --attacks "
+        f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}"
+        + (" --weights ema" if weights == "ema" else "")
+    )

@@ -1,4 +1,5 @@
 """`EvalConfig` (`dhat eval`) and `AttentionConfig` (`dhat attention`): typed, validated once."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,73 +20,103 @@ def _validate(cfg, where: Where = Where()) -> None:
 @dataclass
 class EvalConfig:
     """What `dhat eval` measures on one checkpoint (or on a plain third-party state dict)."""
+
     checkpoint: str = option("", "a last.pt / best.pt written by `dhat train`", flag=False)
-    weights: str = option("model", "'model', or an extra model saved in the checkpoint "
-                                   "(fawa, ema)")
+    weights: str = option("model", "'model', or an extra model saved in the checkpoint (fawa, ema)")
     dataset: str | None = option(None, "default: the checkpoint's training dataset")
     data_root: str | None = option(None, "the dataset's folder (default: the run's)")
-    attacks: list[str] = option(default_factory=lambda: list(DEFAULT_ATTACKS),
-                                help="clean, pgdK, cw, cwK, aa (standard AutoAttack)")
+    attacks: list[str] = option(
+        default_factory=lambda: list(DEFAULT_ATTACKS),
+        help="clean, pgdK, cw, cwK, aa (standard AutoAttack)",
+    )
     eps: float | None = option(None, "L-inf budget (default: the run's training ε)", budget=True)
     step_size: float = option(2 / 255, "PGD step size", budget=True)
     n_test: int = option(0, "the first N test images (0 = all)", range=NONNEG)
-    gap_train_images: int = option(10000, "robust gap: PGD-10 on this many training images "
-                                          "(0 = skip)", range=NONNEG)
+    gap_train_images: int = option(
+        10000, "robust gap: PGD-10 on this many training images (0 = skip)", range=NONNEG
+    )
     batch_size: int = option(256, "evaluation batch size", range=AT_LEAST_1)
     seed: int = option(0, "seed of the attacks' random starts", range=NONNEG)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
-    out: str | None = option(None, "result card path (default: eval_<name>.json beside the "
-                                   "checkpoint)")
-    weights_file: str | None = option(None, "a plain state dict (.pt/.safetensors) instead of a "
-                                            "checkpoint")
+    out: str | None = option(
+        None, "result card path (default: eval_<name>.json beside the checkpoint)"
+    )
+    weights_file: str | None = option(
+        None, "a plain state dict (.pt/.safetensors) instead of a checkpoint"
+    )
     model: str | None = option(None, "the weights file's registered architecture")
-    model_args: dict = option(default_factory=dict, flag=False,
-                              help="the weights file's architecture arguments")
-    num_classes: int | None = option(None, "the weights file's class count (default: its "
-                                           "final layer's rows)", range=AT_LEAST_1)
-    normalization: str | None = option(None, "the weights file's input normalisation if it has "
-                                             "no mean/std: none, cifar10, cifar100, M,M,M/S,S,S")
+    model_args: dict = option(
+        default_factory=dict, flag=False, help="the weights file's architecture arguments"
+    )
+    num_classes: int | None = option(
+        None, "the weights file's class count (default: its final layer's rows)", range=AT_LEAST_1
+    )
+    normalization: str | None = option(
+        None,
+        "the weights file's input normalisation if it has "
+        "no mean/std: none, cifar10, cifar100, imagenet, M,M,M/S,S,S",
+    )
     aa_n: int = option(0, "AutoAttack on the first N test images (0 = n_test)", range=NONNEG)
     curves: bool = option(False, "accuracy vs ε and vs PGD steps (JSON + PNG)")
     curves_n: int = option(1000, "curves on the first N test images (0 = n_test)", range=NONNEG)
     sanity: bool = option(True, "sanity checks (docs/sanity_checks.md)")
     sanity_n: int = option(100, "images for the sanity checks", range=AT_LEAST_1)
-    background: bool = option(True, "background-reliance measures where the dataset has the "
-                                    "splits (mixed_same, mixed_rand, ...)")
+    background: bool = option(
+        True,
+        "background-reliance measures where the dataset has the "
+        "splits (mixed_same, mixed_rand, ...)",
+    )
     background_n: int = option(0, "images per background split (0 = n_test)", range=NONNEG)
-    inverse_eps: list[float] | None = option(None, "inverse images for the attention IoU "
-                                                   "(default: the run's ε_inv)", budget=True)
+    inverse_eps: list[float] | None = option(
+        None, "inverse images for the attention IoU (default: the run's ε_inv)", budget=True
+    )
     threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=NONNEG)
 
     def __post_init__(self) -> None:
         _validate(self)
-        from ..eval.attack_spec import check_attack_names
+        from ..attacks.spec import check_attack_names
+
         check_attack_names(self.attacks)
         if self.weights_file and self.checkpoint:
             raise UserError("pass either a checkpoint or --weights-file, not both")
         if not self.weights_file:
-            given = [f for f, v in (("--model", self.model), ("--num-classes", self.num_classes),
-                                    ("--normalization", self.normalization),
-                                    ("--model-arg", self.model_args or None)) if v is not None]
+            given = [
+                f
+                for f, v in (
+                    ("--model", self.model),
+                    ("--num-classes", self.num_classes),
+                    ("--normalization", self.normalization),
+                    ("--model-arg", self.model_args or None),
+                )
+                if v is not None
+            ]
             if given:
-                raise UserError(f"{given[0]} describes a --weights-file; a dhat checkpoint "
-                                "names its own model (drop the flag, or pass --weights-file)")
+                raise UserError(
+                    f"{given[0]} describes a --weights-file; a dhat checkpoint "
+                    "names its own model (drop the flag, or pass --weights-file)"
+                )
 
 
 @dataclass
 class AttentionConfig:
     """What `dhat attention` measures: Grad-CAM IoU with ground-truth masks."""
+
     checkpoint: str = option("", "a last.pt / best.pt written by `dhat train`", flag=False)
     dataset: str | None = option(None, "a dataset with test masks (default: the checkpoint's)")
     data_root: str | None = option(None, "the dataset's folder (default: the run's)")
     n: int = option(2000, "test images to analyse", range=AT_LEAST_1)
-    boxes: str | None = option(None, "bounding boxes instead of masks: a .pt/.json file of "
-                                     "(N, 4) or (N, K, 4) x1,y1,x2,y2 pixel boxes")
+    boxes: str | None = option(
+        None,
+        "bounding boxes instead of masks: a .pt/.json file of "
+        "(N, 4) or (N, K, 4) x1,y1,x2,y2 pixel boxes",
+    )
     threshold: float = option(0.5, "attention = Grad-CAM >= threshold", range=UNIT)
-    inverse_eps: list[float] | None = option(None, "also on inverse-adversarial images at these "
-                                                   "budgets (e.g. 4/255)", budget=True)
-    layer: str | None = option(None, "Grad-CAM layer (dotted path; default the model's last "
-                                     "convolutional stage)")
+    inverse_eps: list[float] | None = option(
+        None, "also on inverse-adversarial images at these budgets (e.g. 4/255)", budget=True
+    )
+    layer: str | None = option(
+        None, "Grad-CAM layer (dotted path; default the model's last convolutional stage)"
+    )
     batch_size: int = option(256, "batch size", range=AT_LEAST_1)
     seed: int = option(0, "seed of the inverse attack's start", range=NONNEG)
     out: str | None = option(None, "JSON output (default: attention.json beside the checkpoint)")

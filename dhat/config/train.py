@@ -7,12 +7,13 @@ validation (`dhat.schema`), so `--omega 1/10`, YAML `omega: 1/10` and
 line naming the flag or key, before any data is read. Precedence:
 dataclass defaults < named preset < YAML file < command-line flags.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,27 +30,37 @@ DICT_FIELDS = ("method_args", "model_args", "dataset_args")
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Budgets are in [0, 1] pixel units (8/255)."""
+
     # data
     dataset: str = option("shapes", "dataset (dhat.data.list_datasets())")
     data_root: str | None = option(None, "the dataset's folder (default: the usual places)")
-    dataset_args: dict = option(default_factory=dict, flag=False,
-                                help="dataset arguments, e.g. rho=0.5 (--dataset-arg KEY=VALUE)")
+    dataset_args: dict = option(
+        default_factory=dict,
+        flag=False,
+        help="dataset arguments, e.g. rho=0.5 (--dataset-arg KEY=VALUE)",
+    )
     download: bool = option(False, "download the dataset when it is missing (CIFAR)")
-    train_subset: int = option(0, "train on a class-stratified subset of this many images "
-                                  "(0 = all)", range=NONNEG)
+    train_subset: int = option(
+        0, "train on a class-stratified subset of this many images (0 = all)", range=NONNEG
+    )
     val_size: int = option(1000, "training images held out for model selection", range=AT_LEAST_1)
     augment: bool = option(True, "random crop (pad 4) + horizontal flip")
     # model
     model: str = option("preact_resnet18", "architecture (dhat.list_models())")
-    model_args: dict = option(default_factory=dict, flag=False,
-                              help="architecture arguments, e.g. width=16 (--model-arg KEY=VALUE)")
+    model_args: dict = option(
+        default_factory=dict,
+        flag=False,
+        help="architecture arguments, e.g. width=16 (--model-arg KEY=VALUE)",
+    )
     # method (its options: method_args, typed by the method's dataclass fields)
     method: str = option("dhat", "training method (dhat.methods.list_methods())")
-    method_args: dict = option(default_factory=dict, flag=False,
-                               help="the method's options (flags such as --omega)")
+    method_args: dict = option(
+        default_factory=dict, flag=False, help="the method's options (flags such as --omega)"
+    )
     # threat model: one source for every attack of the run, validation and evaluation
-    eps: float = option(8 / 255, "L-inf budget of the training attacks and of validation",
-                        budget=True)
+    eps: float = option(
+        8 / 255, "L-inf budget of the training attacks and of validation", budget=True
+    )
     step_size: float = option(2 / 255, "PGD step size", budget=True)
     steps: int = option(10, "PGD steps of the training attacks", range=AT_LEAST_1)
     # optimisation: SGD, piecewise lr: lr * gamma^(number of milestones <= epoch index)
@@ -58,30 +69,45 @@ class TrainConfig:
     lr: float = option(0.1, "initial learning rate", range=POSITIVE)
     momentum: float = option(0.9, "SGD momentum", range=Range(0, 1, high_open=True))
     weight_decay: float = option(5e-4, "SGD weight decay", range=NONNEG)
-    milestones: list[int] = option(default_factory=lambda: [100, 105],
-                                   help="0-based epochs at which lr is multiplied by lr_gamma")
+    milestones: list[int] = option(
+        default_factory=lambda: [100, 105],
+        help="0-based epochs at which lr is multiplied by lr_gamma",
+    )
     lr_gamma: float = option(0.1, "lr factor at each milestone", range=POSITIVE)
     lr_schedule: Literal["piecewise", "onecycle"] = option(
-        "piecewise", "piecewise (lr_gamma at each milestone) or onecycle (cosine one-cycle with "
-                     "warm-up over lr_warmup of the epochs, per epoch, as torch's OneCycleLR)")
-    lr_warmup: float = option(0.025, "onecycle: fraction of the epochs spent warming up",
-                              range=Range(0, 1, low_open=True, high_open=True))
+        "piecewise",
+        "piecewise (lr_gamma at each milestone) or onecycle (cosine one-cycle with "
+        "warm-up over lr_warmup of the epochs, per epoch, as torch's OneCycleLR)",
+    )
+    lr_warmup: float = option(
+        0.025,
+        "onecycle: fraction of the epochs spent warming up",
+        range=Range(0, 1, low_open=True, high_open=True),
+    )
     nesterov: bool = option(False, "Nesterov momentum")
-    label_smoothing: float = option(0.0, "label smoothing of every method's cross-entropy "
-                                         "training terms (KL terms untouched)",
-                                    range=Range(0, 1, high_open=True))
+    label_smoothing: float = option(
+        0.0,
+        "label smoothing of every method's cross-entropy training terms (KL terms untouched)",
+        range=Range(0, 1, high_open=True),
+    )
     # weight averaging: an exponential moving average of the weights, validated beside them
-    ema_decay: float = option(0.0, "EMA decay D of the weights (0 = off); effective decay "
-                                   "min(D, (1 + n)/(10 + n)) at step n",
-                              range=Range(0, 1, high_open=True))
+    ema_decay: float = option(
+        0.0,
+        "EMA decay D of the weights (0 = off); effective decay min(D, (1 + n)/(10 + n)) at step n",
+        range=Range(0, 1, high_open=True),
+    )
     ema_every: int = option(1, "update the EMA every K optimizer steps", range=AT_LEAST_1)
-    select: Literal["raw", "ema"] = option("raw", "which weights' validation robust accuracy "
-                                                  "selects best.pt")
+    select: Literal["raw", "ema"] = option(
+        "raw", "which weights' validation robust accuracy selects best.pt"
+    )
     # generated data mixed into every batch (the DM-Improves-AT .npz format)
-    aux_data: str | None = option(None, "an .npz of generated images ('image' uint8 N×32×32×3, "
-                                        "'label' int), read memory-mapped")
-    aux_fraction: float = option(0.0, "fraction of every batch drawn from --aux-data",
-                                 range=Range(0, 1, high_open=True))
+    aux_data: str | None = option(
+        None,
+        "an .npz of generated images ('image' uint8 N×32×32×3, 'label' int), read memory-mapped",
+    )
+    aux_fraction: float = option(
+        0.0, "fraction of every batch drawn from --aux-data", range=Range(0, 1, high_open=True)
+    )
     # validation (robust accuracy on the held-out split, every epoch; selects "best")
     val_steps: int = option(10, "PGD steps of the per-epoch validation", range=AT_LEAST_1)
     # run
@@ -91,18 +117,22 @@ class TrainConfig:
     amp: Literal["off", "bf16", "fp16"] = option("off", "automatic mixed precision")
     channels_last: bool = option(False, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model (not the attack loop)")
-    log_clean_acc: bool = option(True, "log eval-mode clean accuracy of each batch (one extra "
-                                       "no-grad forward per step)")
+    log_clean_acc: bool = option(
+        True, "log eval-mode clean accuracy of each batch (one extra no-grad forward per step)"
+    )
     progress: bool = option(True, "progress bars")
-    log_every: int = option(20, "steps between reads of the running metrics from the device "
-                                "(0 = once per epoch)", range=NONNEG)
+    log_every: int = option(
+        20,
+        "steps between reads of the running metrics from the device (0 = once per epoch)",
+        range=NONNEG,
+    )
     threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=NONNEG)
     preset: str | None = option(None, "the named preset this config started from")
 
     def __post_init__(self) -> None:
         validate_train_config(self)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         validate_train_config(self)
         return self
 
@@ -120,12 +150,15 @@ def config_hash(cfg) -> str:
 def check_device(name: str) -> None:
     """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', and available here."""
     import torch
+
     kind, _, index = name.partition(":")
     if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
         raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this torch has no CUDA device (use --device cpu, or "
-                        "install a CUDA build of torch)")
+        raise UserError(
+            f"--device {name}: this torch has no CUDA device (use --device cpu, or "
+            "install a CUDA build of torch)"
+        )
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if kind == "mps" and not torch.backends.mps.is_available():
@@ -135,25 +168,32 @@ def check_device(name: str) -> None:
 def resolve_device(name: str):
     """The torch.device for 'auto' (CUDA when available), 'cpu', 'cuda:N', ..."""
     import torch
+
     check_device(name)
-    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(
+        name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
 
 
-def validate_train_config(cfg: TrainConfig, where: Where = Where(),
-                          sources: dict[str, Where] | None = None) -> None:
+def validate_train_config(
+    cfg: TrainConfig, where: Where = Where(), sources: dict[str, Where] | None = None
+) -> None:
     """Type and range-check every field in place (values are coerced: '8/255' -> 0.0314),
     then the registries and the cross-field rules. `sources` names where each key came from."""
     from ..data.datasets import check_dataset_args, list_datasets
     from ..methods import list_methods
     from ..methods.registry import check_method_options
     from ..models.registry import check_model_args, list_models
+
     sources = sources or {}
     for name, spec in specs(TrainConfig).items():
         w = sources.get(name, where)
         setattr(cfg, name, coerce(spec, getattr(cfg, name), w.key(name)))
-    for kind, value, known in (("dataset", cfg.dataset, list_datasets()),
-                               ("model", cfg.model, list_models()),
-                               ("method", cfg.method, list_methods())):
+    for kind, value, known in (
+        ("dataset", cfg.dataset, list_datasets()),
+        ("model", cfg.model, list_models()),
+        ("method", cfg.method, list_methods()),
+    ):
         if value not in known:
             raise unknown_name(kind, value, known)
     if cfg.preset is not None and cfg.preset not in PRESETS:
@@ -161,54 +201,72 @@ def validate_train_config(cfg: TrainConfig, where: Where = Where(),
     run_wide = [k for k in ("eps", "step_size", "steps") if k in cfg.method_args]
     if run_wide:
         k = run_wide[0]
-        raise UserError(f"{k} is the run's threat model, shared by training, validation and "
-                        f"evaluation: set it with --{k.replace('_', '-')} (top-level '{k}:' in "
-                        "YAML), not among the method's options")
+        raise UserError(
+            f"{k} is the run's threat model, shared by training, validation and "
+            f"evaluation: set it with --{k.replace('_', '-')} (top-level '{k}:' in "
+            "YAML), not among the method's options"
+        )
     m_src = sources.get("method_args", where)
     cfg.method_args = check_method_options(cfg.method, cfg.method_args, m_src)
-    cfg.model_args = check_model_args(cfg.model, cfg.model_args,
-                                      _arg_where(sources.get("model_args", where), "model"))
-    cfg.dataset_args = check_dataset_args(cfg.dataset, cfg.dataset_args,
-                                          _arg_where(sources.get("dataset_args", where), "dataset"))
+    cfg.model_args = check_model_args(
+        cfg.model, cfg.model_args, _arg_where(sources.get("model_args", where), "model")
+    )
+    cfg.dataset_args = check_dataset_args(
+        cfg.dataset, cfg.dataset_args, _arg_where(sources.get("dataset_args", where), "dataset")
+    )
     for m in cfg.milestones:
         if m < 0:
-            raise UserError(f"{sources.get('milestones', where).key('milestones')}: epochs are "
-                            f">= 0, got {m}")
+            raise UserError(
+                f"{sources.get('milestones', where).key('milestones')}: epochs are >= 0, got {m}"
+            )
     if cfg.train_subset and cfg.train_subset <= cfg.val_size:
-        raise UserError(f"--train-subset {cfg.train_subset} leaves nothing to train on after "
-                        f"the {cfg.val_size}-image validation split: raise it or lower --val-size")
+        raise UserError(
+            f"--train-subset {cfg.train_subset} leaves nothing to train on after "
+            f"the {cfg.val_size}-image validation split: raise it or lower --val-size"
+        )
     if cfg.select == "ema" and not cfg.ema_decay:
         raise UserError("--select ema needs --ema-decay D (e.g. 0.999)")
     if bool(cfg.aux_data) != bool(cfg.aux_fraction):
-        raise UserError("--aux-data and --aux-fraction go together (e.g. --aux-data 1m.npz "
-                        "--aux-fraction 0.7)")
+        raise UserError(
+            "--aux-data and --aux-fraction go together (e.g. --aux-data 1m.npz --aux-fraction 0.7)"
+        )
     if cfg.aux_data:
         from ..data.aux import check_aux_file
+
         check_aux_file(cfg.aux_data)
         if cfg.method == "sglr":
-            raise UserError("sglr keeps one soft label per real training image; it cannot mix "
-                            "in --aux-data")
+            raise UserError(
+                "sglr keeps one soft label per real training image; it cannot mix in --aux-data"
+            )
         if round(cfg.aux_fraction * cfg.batch_size) >= cfg.batch_size:
-            raise UserError(f"--aux-fraction {cfg.aux_fraction} leaves no real image in a batch "
-                            f"of {cfg.batch_size}")
+            raise UserError(
+                f"--aux-fraction {cfg.aux_fraction} leaves no real image in a batch "
+                f"of {cfg.batch_size}"
+            )
     check_device(cfg.device)
     _check_frozen_model_paths(cfg)
 
 
 def _arg_where(w: Where, what: str) -> Where:
-    return Where("key", w.source, f"--{what}-arg ") if w.kind == "flag" else \
-        Where("key", w.source, f"{what}_args.")
+    return (
+        Where("key", w.source, f"--{what}-arg ")
+        if w.kind == "flag"
+        else Where("key", w.source, f"{what}_args.")
+    )
 
 
 def _check_frozen_model_paths(cfg: TrainConfig) -> None:
     """Options that name a checkpoint (DHAT's cam_model) must exist before any data is read."""
     from ..methods import method_options
+
     for name, spec in method_options(cfg.method).items():
         value = cfg.method_args.get(name, spec.default)
         if spec.kind == "checkpoint" and value != "self" and not Path(value).expanduser().is_file():
             hint = PRESET_HINTS.get(cfg.preset or "", "")
-            raise UserError(f"--{name.replace('_', '-')} {value}: no such checkpoint"
-                            + (f"; {hint}" if hint else "; train one with --method standard"))
+            raise UserError(
+                f"--{name.replace('_', '-')} {value}: no such checkpoint"
+                + (f"; {hint}" if hint else "; train one with --method standard")
+            )
 
 
 # ----------------------------------------------------------------------------- building
@@ -225,8 +283,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_train_config(yaml_path: str | None = None, preset: str | None = None, *,
-                       flags: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value (a fresh one from its factory)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"TrainConfig field {f.name!r} has no default")
+
+
+def build_train_config(
+    yaml_path: str | None = None,
+    preset: str | None = None,
+    *,
+    flags: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> TrainConfig:
     """defaults < preset < YAML < flags < overrides (the CLI passes only the flags given).
     Every key is checked where it is given, so an error names the flag or the YAML key."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -247,11 +319,15 @@ def build_train_config(yaml_path: str | None = None, preset: str | None = None, 
     for where, layer in layers:
         for k, v in layer.items():
             if k not in known:
-                raise unknown_name(f"TrainConfig field{where.suffix}", where.key(k),
-                                   [where.key(n) for n in known])
-            if k == "method_args" and where.source.startswith("preset") and \
-                    layer.get("method") != method:
-                continue    # a preset's method options do not carry over to another method
+                raise unknown_name(
+                    f"TrainConfig field{where.suffix}", where.key(k), [where.key(n) for n in known]
+                )
+            if (
+                k == "method_args"
+                and where.source.startswith("preset")
+                and layer.get("method") != method
+            ):
+                continue  # a preset's method options do not carry over to another method
             if k in DICT_FIELDS:
                 if not isinstance(v, dict):
                     raise UserError(f"{where.key(k)}: expected a mapping of KEY: VALUE, got {v!r}")
@@ -265,8 +341,7 @@ def build_train_config(yaml_path: str | None = None, preset: str | None = None, 
                 merged[k] = v
                 sources[k] = Where("key", f"preset {preset}")
     cfg = TrainConfig.__new__(TrainConfig)
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: _field_default(f) for f in dataclasses.fields(TrainConfig)}
     for k, v in {**defaults, **merged}.items():
         setattr(cfg, k, v)
     validate_train_config(cfg, sources=sources)
@@ -277,5 +352,13 @@ def save_yaml(cfg, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
-__all__ = ["TrainConfig", "build_train_config", "check_device", "resolve_device", "config_hash", "read_yaml",
-           "save_yaml", "validate_train_config"]
+__all__ = [
+    "TrainConfig",
+    "build_train_config",
+    "check_device",
+    "resolve_device",
+    "config_hash",
+    "read_yaml",
+    "save_yaml",
+    "validate_train_config",
+]

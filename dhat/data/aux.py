@@ -7,11 +7,12 @@ epoch without generated data would use, the loader running with that smaller bat
 k = round(F·B) generated images drawn uniformly with replacement from their own seeded
 generator and augmented alike. An epoch is one pass over the real data.
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,8 +26,10 @@ def _member_array(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     """A stored (uncompressed) .npy member of an .npz, memory-mapped."""
     info = zf.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
-        raise UserError(f"{path}: '{name}' is compressed and cannot be memory-mapped; re-save "
-                        "the file with np.savez (not np.savez_compressed)")
+        raise UserError(
+            f"{path}: '{name}' is compressed and cannot be memory-mapped; re-save "
+            "the file with np.savez (not np.savez_compressed)"
+        )
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
@@ -36,8 +39,11 @@ def _member_array(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
         extra_len = int.from_bytes(local[28:30], "little")
         f.seek(info.header_offset + 30 + name_len + extra_len)
         major, _ = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                       else np.lib.format.read_array_header_2_0)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if fortran:
@@ -53,21 +59,32 @@ def open_aux(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         zf = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError):
-        raise UserError(f"--aux-data {p} is not an .npz file (np.savez of 'image' and "
-                        "'label')") from None
+        raise UserError(
+            f"--aux-data {p} is not an .npz file (np.savez of 'image' and 'label')"
+        ) from None
     with zf:
         names = set(zf.namelist())
         if not {"image.npy", "label.npy"} <= names:
-            raise UserError(f"--aux-data {p} needs arrays 'image' and 'label', it has "
-                            f"{', '.join(sorted(n.removesuffix('.npy') for n in names))}")
+            raise UserError(
+                f"--aux-data {p} needs arrays 'image' and 'label', it has "
+                f"{', '.join(sorted(n.removesuffix('.npy') for n in names))}"
+            )
         images = _member_array(p, zf, "image.npy")
         labels = np.asarray(_member_array(p, zf, "label.npy"))
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise UserError(f"--aux-data {p}: 'image' must be uint8 (N, H, W, 3), got "
-                        f"{images.dtype} {tuple(images.shape)}")
-    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"--aux-data {p}: 'label' must be {len(images)} integers, got "
-                        f"{labels.dtype} {tuple(labels.shape)}")
+        raise UserError(
+            f"--aux-data {p}: 'image' must be uint8 (N, H, W, 3), got "
+            f"{images.dtype} {tuple(images.shape)}"
+        )
+    if (
+        labels.ndim != 1
+        or len(labels) != len(images)
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise UserError(
+            f"--aux-data {p}: 'label' must be {len(images)} integers, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
     return images, labels.astype(np.int64)
 
 
@@ -79,16 +96,29 @@ def check_aux_file(path: str | Path) -> None:
 class AuxMixer:
     """Batches of `loader`'s real images plus `k` generated ones each (see the module docstring)."""
 
-    def __init__(self, loader: BatchLoader, images: np.ndarray, labels: np.ndarray, k: int, *,
-                 num_classes: int, size: tuple[int, int], generator: torch.Generator,
-                 augment: bool = True, padding: int = 4):
+    def __init__(
+        self,
+        loader: BatchLoader,
+        images: np.ndarray,
+        labels: np.ndarray,
+        k: int,
+        *,
+        num_classes: int,
+        size: tuple[int, int],
+        generator: torch.Generator,
+        augment: bool = True,
+        padding: int = 4,
+    ):
         bad = (labels < 0) | (labels >= num_classes)
         if bad.any():
-            raise UserError(f"--aux-data: labels must lie in [0, {num_classes}); found "
-                            f"{int(labels[bad][0])}")
+            raise UserError(
+                f"--aux-data: labels must lie in [0, {num_classes}); found {int(labels[bad][0])}"
+            )
         if tuple(images.shape[1:3]) != tuple(size):
-            raise UserError(f"--aux-data: images are {images.shape[1]}×{images.shape[2]}, the "
-                            f"dataset's are {size[0]}×{size[1]}")
+            raise UserError(
+                f"--aux-data: images are {images.shape[1]}×{images.shape[2]}, the "
+                f"dataset's are {size[0]}×{size[1]}"
+            )
         self.loader, self.images, self.labels, self.k = loader, images, labels, k
         self.generator, self.augment, self.padding = generator, augment, padding
 
@@ -98,7 +128,7 @@ class AuxMixer:
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """k generated images (float in [0, 1], augmented) and labels, from the generator."""
         idx = torch.randint(0, len(self.labels), (self.k,), generator=self.generator)
-        order = np.sort(idx.numpy())   # sorted reads are kinder to a memory map
+        order = np.sort(idx.numpy())  # sorted reads are kinder to a memory map
         x = torch.from_numpy(np.ascontiguousarray(self.images[order])).permute(0, 3, 1, 2)
         x = x.float().div_(255)
         if self.augment:
@@ -111,8 +141,15 @@ class AuxMixer:
             x, y = self.draw()
             if ws > 1:
                 per = self.k // ws
-                x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+                x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
             dev = batch.x.device
-            yield Batch(torch.cat([batch.x, x.to(dev)]), torch.cat([batch.y, y.to(dev)]),
-                        torch.cat([batch.index, torch.full((len(y),), -1, device=dev,
-                                                           dtype=batch.index.dtype)]))
+            if dev.type == "cuda":  # pinned and asynchronous: no host synchronisation
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            yield Batch(
+                torch.cat([batch.x, x]),
+                torch.cat([batch.y, y]),
+                torch.cat(
+                    [batch.index, torch.full((len(y),), -1, device=dev, dtype=batch.index.dtype)]
+                ),
+            )

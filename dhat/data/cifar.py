@@ -1,4 +1,5 @@
 """CIFAR-10/100 from the official python-pickle layouts; download with checksum when online."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,23 +7,48 @@ import pickle
 import tarfile
 import urllib.request
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 
-SOURCES = {
-    "cifar10": dict(folder="cifar-10-batches-py",
-                    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                    md5="c58f30108f718f92721af3b95e74349a",
-                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
-                    label_key="labels", meta="batches.meta", names_key="label_names"),
-    "cifar100": dict(folder="cifar-100-python",
-                     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                     md5="eb9058c3a382ffc7106e4002c42a8d85",
-                     train=["train"], test=["test"], label_key="fine_labels", meta="meta",
-                     names_key="fine_label_names"),
+
+class Source(TypedDict):
+    """Where a CIFAR variant comes from and how its official pickles are laid out."""
+
+    folder: str
+    url: str
+    md5: str
+    train: list[str]
+    test: list[str]
+    label_key: str
+    meta: str
+    names_key: str
+
+
+SOURCES: dict[str, Source] = {
+    "cifar10": Source(
+        folder="cifar-10-batches-py",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test=["test_batch"],
+        label_key="labels",
+        meta="batches.meta",
+        names_key="label_names",
+    ),
+    "cifar100": Source(
+        folder="cifar-100-python",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        train=["train"],
+        test=["test"],
+        label_key="fine_labels",
+        meta="meta",
+        names_key="fine_label_names",
+    ),
 }
 
 
@@ -45,7 +71,7 @@ def _md5(path: Path) -> str:
 
 
 def download(root: str | Path, name: str) -> Path:
-    """Download the official archive into `root`, check its MD5, extract. Raises UserError offline."""
+    """Download the official archive into `root`, check its MD5, extract (UserError offline)."""
     src = SOURCES[name]
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -57,7 +83,8 @@ def download(root: str | Path, name: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise UserError(
             f"{name} not found under {root} and the download failed ({e.__class__.__name__}); "
-            f"put the official '{src['folder']}/' folder there (from {src['url']})") from None
+            f"put the official '{src['folder']}/' folder there (from {src['url']})"
+        ) from None
     if _md5(tmp) != src["md5"]:
         tmp.unlink(missing_ok=True)
         raise UserError(f"downloaded {archive.name} has the wrong MD5; delete it and retry")
@@ -77,8 +104,9 @@ def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, np.int64)
 
 
-def load_cifar(root: str | Path, name: str = "cifar10", train: bool = True,
-               download_ok: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_cifar(
+    root: str | Path, name: str = "cifar10", train: bool = True, download_ok: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images (N, 3, 32, 32) uint8, labels (N,) int64, class names. No 'filenames' key needed."""
     if name not in SOURCES:
         raise UserError(f"unknown CIFAR variant {name!r}; use cifar10 or cifar100")
@@ -89,7 +117,8 @@ def load_cifar(root: str | Path, name: str = "cifar10", train: bool = True,
             raise UserError(
                 f"{name} not found: expected {Path(root) / src['folder']}/ with "
                 f"{', '.join(src['train'] + src['test'])} (the official python layout); "
-                "pass --download to fetch it, or --data-root to point at it")
+                "pass --download to fetch it, or --data-root to point at it"
+            )
         folder = download(root, name)
     parts = [_read(folder / f, src["label_key"]) for f in (src["train"] if train else src["test"])]
     x = torch.from_numpy(np.concatenate([p[0] for p in parts]))

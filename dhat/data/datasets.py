@@ -1,9 +1,11 @@
 """Dataset registry: `load_dataset(name, root)` -> a `DataBundle` of uint8 tensors in memory."""
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -17,6 +19,7 @@ DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dha
 @dataclass
 class Split:
     """An extra evaluation split: images (N, 3, H, W) uint8, labels (N,), masks (N, H, W) bool."""
+
     x: torch.Tensor
     y: torch.Tensor
     masks: torch.Tensor | None = None
@@ -30,22 +33,30 @@ class DataBundle:
     has them (the attention analysis uses them). `splits` holds named extra evaluation
     splits (e.g. fashion_scenes' mixed_same / mixed_rand / only_fg / only_bg).
     """
+
     name: str
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
     train_masks: torch.Tensor | None = None
     test_masks: torch.Tensor | None = None
     splits: dict[str, Split] = field(default_factory=dict)
+    # Set by datasets whose stored training images are not yet model inputs (imagefolder):
+    # the model's input side, the training augmentation `fn(x, generator)` and the view
+    # `fn(x)` from stored images to model inputs. None elsewhere.
+    resolution: int | None = None
+    train_augment: Callable[..., torch.Tensor] | None = None
+    train_view: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def subset_train(self, n: int, seed: int = 0) -> "DataBundle":
+    def subset_train(self, n: int, seed: int = 0) -> DataBundle:
         """The first `n` images of a seeded, class-stratified permutation of the training set."""
         from .splits import validation_split
+
         if n >= len(self.train_y):
             return self
         _, keep = validation_split(self.train_y, n, seed)
@@ -55,17 +66,28 @@ class DataBundle:
         return self
 
 
-_DATASETS: dict[str, Callable[..., DataBundle]] = {}
+class DatasetLoader(Protocol):
+    """A registered loader: `fn(root=None, download=False, **args) -> DataBundle`, carrying
+    the callable whose keyword arguments are its `--dataset-arg`s (`register_dataset`)."""
+
+    dataset_args_of: Callable[..., Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DataBundle: ...
+
+
+_DATASETS: dict[str, DatasetLoader] = {}
 
 
 def register_dataset(name: str, args_of: Callable | None = None):
     """Register a loader `fn(root=None, download=False, **args) -> DataBundle`. Its keyword
     arguments (or those of `args_of`, for a loader that forwards **kwargs) are the dataset's
     `--dataset-arg`s."""
+
     def wrap(fn):
         _DATASETS[name] = fn
         fn.dataset_args_of = args_of or fn
         return fn
+
     return wrap
 
 
@@ -73,14 +95,19 @@ def dataset_arg_defaults(name: str) -> dict[str, Any]:
     """A dataset's `--dataset-arg` names with their defaults."""
     if name not in _DATASETS:
         raise unknown_name("dataset", name, _DATASETS)
-    params = inspect.signature(_DATASETS[name].dataset_args_of).parameters
+    loader = _DATASETS[name]
+    params = inspect.signature(getattr(loader, "dataset_args_of", loader)).parameters
     skip = ("root", "download", "name")
-    return {k: p.default for k, p in params.items()
-            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        k: p.default
+        for k, p in params.items()
+        if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
-def check_dataset_args(name: str, args: dict[str, Any],
-                       where: Where = Where(prefix="dataset_args.")) -> dict[str, Any]:
+def check_dataset_args(
+    name: str, args: dict[str, Any], where: Where = Where(prefix="dataset_args.")
+) -> dict[str, Any]:
     """`args` checked against the dataset's loader (nearest name) and typed by its defaults."""
     known = dataset_arg_defaults(name)
     out = {}
@@ -108,9 +135,11 @@ def _cifar(name: str, root: str | None, download: bool, mean, std) -> DataBundle
     from pathlib import Path
 
     from .cifar import find_folder
+
     if root is None:
-        root = next((r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), name)),
-                    "data")
+        root = next(
+            (r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), name)), "data"
+        )
     tx, ty, names = load_cifar(root, name, train=True, download_ok=download)
     vx, vy, _ = load_cifar(root, name, train=False, download_ok=download)
     return DataBundle(name, tx, ty, vx, vy, 10 if name == "cifar10" else 100, mean, std, names)

@@ -21,6 +21,7 @@ holds its own copy of the training images (plan RAM for G copies per node).
 The raw ImageNet validation set is one flat folder; sort it into class folders first (the
 usual `valprep.sh`). Class indices follow the sorted folder names of `train/`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,16 +42,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 TEST_DIRS = ("val", "validation", "test")
-RESIZE_RATIO = 256 / 224   # the ImageNet convention: resize to 256, crop 224
-RESOLUTIONS = (32, 64, 96, 128, 160, 192, 224, 256, 299)   # registered as "imagefolder<r>"
+RESIZE_RATIO = 256 / 224  # the ImageNet convention: resize to 256, crop 224
+RESOLUTIONS = (32, 64, 96, 128, 160, 192, 224, 256, 299)  # registered as "imagefolder<r>"
 
 
 # --- batched, tensor-side augmentation ----------------------------------------------------
-def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int],
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), *, flip: bool = True,
-                        generator: torch.Generator | None = None,
-                        attempts: int = 10) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int | tuple[int, int],
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+    attempts: int = 10,
+) -> torch.Tensor:
     """Batched RandomResizedCrop (+ horizontal flip with probability 1/2) on tensors.
 
     x (B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float in [0, 1]. Per image,
@@ -70,12 +76,13 @@ def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int],
     gdev = generator.device if generator is not None else torch.device("cpu")
     area = float(h * w)
     s = torch.empty(b, attempts, device=gdev).uniform_(scale[0], scale[1], generator=generator)
-    logr = torch.empty(b, attempts, device=gdev).uniform_(math.log(ratio[0]), math.log(ratio[1]),
-                                                          generator=generator)
+    logr = torch.empty(b, attempts, device=gdev).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
     s, r = s.double().cpu(), logr.double().cpu().exp()
     cw, ch = (s * area * r).sqrt().round(), (s * area / r).sqrt().round()
     fits = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
-    first = fits.to(torch.int8).argmax(1, keepdim=True)          # first fitting draw
+    first = fits.to(torch.int8).argmax(1, keepdim=True)  # first fitting draw
     found = fits.any(1)
     cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
     u = torch.rand(b, 3, device=gdev, generator=generator).double().cpu()
@@ -89,10 +96,16 @@ def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int],
         fw, fh = w, h
     cw = torch.where(found, cw, torch.full_like(cw, fw))
     ch = torch.where(found, ch, torch.full_like(ch, fh))
-    top = torch.where(found, (u[:, 0] * (h - ch + 1)).floor().clamp(max=h - ch),
-                      torch.full_like(ch, (h - fh) // 2))
-    left = torch.where(found, (u[:, 1] * (w - cw + 1)).floor().clamp(max=w - cw),
-                       torch.full_like(cw, (w - fw) // 2))
+    top = torch.where(
+        found,
+        (u[:, 0] * (h - ch + 1)).floor().clamp(max=h - ch),
+        torch.full_like(ch, (h - fh) // 2),
+    )
+    left = torch.where(
+        found,
+        (u[:, 1] * (w - cw + 1)).floor().clamp(max=w - cw),
+        torch.full_like(cw, (w - fw) // 2),
+    )
     # affine map from output to input, normalised coordinates (align_corners=False):
     # x_in = (cw / w) · u + (2·left + cw) / w - 1
     sx = cw / w
@@ -103,7 +116,11 @@ def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int],
     theta[:, 0, 2] = (2 * left + cw) / w - 1
     theta[:, 1, 1] = ch / h
     theta[:, 1, 2] = (2 * top + ch) / h - 1
-    theta = theta.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    theta = theta.to(dtype=x.dtype if x.is_floating_point() else torch.float32)
+    if x.device.type == "cuda":  # pinned and asynchronous: no host synchronisation per batch
+        theta = theta.pin_memory().to(x.device, non_blocking=True)
+    else:
+        theta = theta.to(x.device)
     grid = F.affine_grid(theta, [b, x.shape[1], oh, ow], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.clamp_(0, 1)
@@ -116,11 +133,16 @@ def center_crop(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     if oh > h or ow > w:
         raise ValueError(f"cannot center-crop {oh}x{ow} from {h}x{w}")
     top, left = int(round((h - oh) / 2.0)), int(round((w - ow) / 2.0))
-    return x[..., top:top + oh, left:left + ow]
+    return x[..., top : top + oh, left : left + ow]
 
 
-def train_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, size: int,
-                  scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+def train_augment(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> torch.Tensor:
     """The ImageNet training augmentation of a batch: random-resized crop to `size` + flip."""
     return random_resized_crop(x, size, scale, flip=True, generator=generator)
 
@@ -131,8 +153,9 @@ def load_image(path: str | Path, side: int, crop: int) -> np.ndarray:
     PIL does), the central side x side square, then its central crop x crop window (two
     steps, so that `center_crop` of a stored training image is exactly the test view)."""
     from PIL import Image
+
     with Image.open(path) as img:
-        img.draft("RGB", (side, side))          # JPEG: decode at a reduced scale when possible
+        img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale when possible
         img = img.convert("RGB")
         w, h = img.size
         if w <= h:
@@ -147,25 +170,35 @@ def load_image(path: str | Path, side: int, crop: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def scan(split_dir: Path, classes: list[str] | None = None, max_per_class: int = 0,
-         known: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+def scan(
+    split_dir: Path,
+    classes: list[str] | None = None,
+    max_per_class: int = 0,
+    known: list[str] | None = None,
+) -> tuple[list[Path], list[int], list[str]]:
     """(paths, labels, class names) of `split_dir/<class>/<image>`, classes in sorted order,
     or in the order of `classes` (to map another split onto the training classes; class
     folders outside `known` are an error, those in `known` but not in `classes` are skipped)."""
     if not split_dir.is_dir():
-        raise UserError(f"image folder {split_dir} does not exist; expected "
-                        "<root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg")
+        raise UserError(
+            f"image folder {split_dir} does not exist; expected "
+            "<root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg"
+        )
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = found if classes is None else list(classes)
     extra = sorted(set(found) - set(known if known is not None else names))
     if classes is not None and extra:
-        raise UserError(f"{split_dir} has class folders the training set lacks: "
-                        f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        raise UserError(
+            f"{split_dir} has class folders the training set lacks: "
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+        )
     paths: list[Path] = []
     labels: list[int] = []
     for k, name in enumerate(names):
         d = split_dir / name
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS) if d.is_dir() else []
+        files = (
+            sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS) if d.is_dir() else []
+        )
         if max_per_class:
             files = files[:max_per_class]
         paths += files
@@ -196,8 +229,17 @@ def decode_all(paths: list[Path], side: int, crop: int, workers: int | None = No
     return out
 
 
-def _cached_split(root: Path, split_dir: Path, split: str, paths: list[Path], side: int,
-                  crop: int, cache: bool, cache_dir: str | None, workers: int | None) -> torch.Tensor:
+def _cached_split(
+    root: Path,
+    split_dir: Path,
+    split: str,
+    paths: list[Path],
+    side: int,
+    crop: int,
+    cache: bool,
+    cache_dir: str | None,
+    workers: int | None,
+) -> torch.Tensor:
     """decode_all, through a cache file keyed by the relative paths, sizes and mtimes."""
     if not cache:
         return decode_all(paths, side, crop, workers)
@@ -217,16 +259,28 @@ def _cached_split(root: Path, split_dir: Path, split: str, paths: list[Path], si
     x = decode_all(paths, side, crop, workers)
     try:
         from ..checkpoint import atomic_write
+
         atomic_write(file, lambda tmp: torch.save(x, tmp))
     except OSError:
         pass  # a read-only dataset folder: no cache
     return x
 
 
-def load_imagefolder(root: str | Path | None, resolution: int = 224, train_resize: int | None = None,
-                     *, num_classes: int = 0, max_per_class: int = 0, max_test_per_class: int = 0,
-                     cache: bool = True, cache_dir: str | None = None, workers: int | None = None,
-                     name: str = "imagefolder", mean=IMAGENET_MEAN, std=IMAGENET_STD) -> DataBundle:
+def load_imagefolder(
+    root: str | Path | None,
+    resolution: int = 224,
+    train_resize: int | None = None,
+    *,
+    num_classes: int = 0,
+    max_per_class: int = 0,
+    max_test_per_class: int = 0,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    name: str = "imagefolder",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> DataBundle:
     """A DataBundle of `root/train` and `root/val` (see the module docstring).
 
     `resolution`: the model's input side. `train_resize`: the stored training side and the
@@ -250,10 +304,20 @@ def load_imagefolder(root: str | Path | None, resolution: int = 224, train_resiz
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     tpaths, tlabels, _ = scan(test_dir, classes, max_test_per_class, known=all_classes)
     train_x = _cached_split(root, train_dir, "train", paths, side, side, cache, cache_dir, workers)
-    test_x = _cached_split(root, test_dir, "test", tpaths, side, resolution, cache, cache_dir, workers)
-    bundle = DataBundle(name, train_x, torch.tensor(labels, dtype=torch.int64), test_x,
-                        torch.tensor(tlabels, dtype=torch.int64), len(classes), tuple(mean),
-                        tuple(std), list(classes))
+    test_x = _cached_split(
+        root, test_dir, "test", tpaths, side, resolution, cache, cache_dir, workers
+    )
+    bundle = DataBundle(
+        name,
+        train_x,
+        torch.tensor(labels, dtype=torch.int64),
+        test_x,
+        torch.tensor(tlabels, dtype=torch.int64),
+        len(classes),
+        tuple(mean),
+        tuple(std),
+        list(classes),
+    )
     # how the trainer turns stored training images into model inputs (see the module docstring)
     bundle.resolution = resolution
     bundle.train_augment = partial(train_augment, size=resolution)
@@ -262,12 +326,15 @@ def load_imagefolder(root: str | Path | None, resolution: int = 224, train_resiz
 
 
 @register_dataset("imagefolder", args_of=load_imagefolder)
-def imagefolder(root: str | None = None, download: bool = False, resolution: int = 224,
-                **kwargs) -> DataBundle:
+def imagefolder(
+    root: str | None = None, download: bool = False, resolution: int = 224, **kwargs
+) -> DataBundle:
     """ImageNet-style class folders at `resolution` (224 unless given); see load_imagefolder."""
     if download:
-        raise UserError("the imagefolder dataset cannot be downloaded; point --data-root at "
-                        "a folder with train/<class>/ and val/<class>/")
+        raise UserError(
+            "the imagefolder dataset cannot be downloaded; point --data-root at "
+            "a folder with train/<class>/ and val/<class>/"
+        )
     return load_imagefolder(root, resolution, **kwargs)
 
 

@@ -12,6 +12,7 @@ IoU of the binarised map with the exact object mask, which this dataset provides
 Nothing is downloaded or cached: 50k + 10k images generate in a few seconds (vectorised
 numpy, batched by shape and by texture type), deterministically from `seed`.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,56 +23,84 @@ import torch
 from ..errors import UserError
 from .datasets import DEFAULT_CIFAR_ROOTS, DataBundle, register_dataset
 
-CLASS_NAMES = ["circle", "square", "triangle", "cross", "ring", "diamond", "star",
-               "horizontal_bar", "vertical_bar", "ellipse"]
-TEXTURES = ["horizontal_stripes", "vertical_stripes", "diagonal_stripes",
-            "antidiagonal_stripes", "checkerboard", "dots", "noise", "gradient",
-            "concentric_rings", "waves"]
+CLASS_NAMES = [
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "diamond",
+    "star",
+    "horizontal_bar",
+    "vertical_bar",
+    "ellipse",
+]
+TEXTURES = [
+    "horizontal_stripes",
+    "vertical_stripes",
+    "diagonal_stripes",
+    "antidiagonal_stripes",
+    "checkerboard",
+    "dots",
+    "noise",
+    "gradient",
+    "concentric_rings",
+    "waves",
+]
 NUM_CLASSES = 10
 
 # Rotation range (degrees, +-) per class: shapes that a large rotation would turn into
 # another class (square <-> diamond, horizontal <-> vertical bar) turn by at most 15 degrees.
 _ROT_MAX = np.deg2rad(np.array([180, 15, 180, 15, 180, 15, 180, 15, 15, 15], np.float32))
-_EXTENT = 1.15   # every shape lies within this radius (in units of its scale r)
-_R_RANGE = (6.0, 10.0)   # shape scale in pixels at 32 px (scaled with `size`)
-_PERIOD_RANGE = (4.0, 8.0)   # texture period in pixels at 32 px
-_MIN_CONTRAST = 0.4   # RGB (in [0, 1]) distance between the shape and each texture colour
-_CHUNK = 8192   # images composed at a time (bounds memory; results do not depend on it)
+_EXTENT = 1.15  # every shape lies within this radius (in units of its scale r)
+_R_RANGE = (6.0, 10.0)  # shape scale in pixels at 32 px (scaled with `size`)
+_PERIOD_RANGE = (4.0, 8.0)  # texture period in pixels at 32 px
+_MIN_CONTRAST = 0.4  # RGB (in [0, 1]) distance between the shape and each texture colour
+_CHUNK = 8192  # images composed at a time (bounds memory; results do not depend on it)
 CONSTANT_GREY = 0.5
 
 
 def _shape_mask(k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Class k's shape in its own frame: a right, b up, unit scale. (m, S, S) bool."""
-    if k == 0:    # circle
+    if k == 0:  # circle
         return a * a + b * b <= 1.0
-    if k == 1:    # square
+    if k == 1:  # square
         return np.maximum(np.abs(a), np.abs(b)) <= 0.8
-    if k == 2:    # equilateral triangle, apex up, inradius 0.55
+    if k == 2:  # equilateral triangle, apex up, inradius 0.55
         h = 0.55
         return (b >= -h) & (0.8660254 * a + 0.5 * b <= h) & (-0.8660254 * a + 0.5 * b <= h)
-    if k == 3:    # plus-shaped cross
+    if k == 3:  # plus-shaped cross
         aa, bb = np.abs(a), np.abs(b)
         return ((aa <= 0.3) & (bb <= 1.0)) | ((bb <= 0.3) & (aa <= 1.0))
-    if k == 4:    # ring
+    if k == 4:  # ring
         rr = a * a + b * b
         return (rr <= 1.0) & (rr >= 0.25)
-    if k == 5:    # diamond
+    if k == 5:  # diamond
         return np.abs(a) + np.abs(b) <= 1.05
-    if k == 6:    # five-pointed star: radius linear in the angle between tips (1.1) and notches (0.4)
+    if k == 6:  # five-pointed star: radius linear in the angle between tips (1.1) and notches (0.4)
         rad = np.sqrt(a * a + b * b)
         frac = np.mod(np.arctan2(b, a) * (5.0 / (2.0 * math.pi)) - 0.25, 1.0)
         return rad <= 0.4 + 0.7 * np.abs(2.0 * frac - 1.0)
-    if k == 7:    # horizontal bar
+    if k == 7:  # horizontal bar
         return (np.abs(a) <= 1.05) & (np.abs(b) <= 0.32)
-    if k == 8:    # vertical bar
+    if k == 8:  # vertical bar
         return (np.abs(a) <= 0.32) & (np.abs(b) <= 1.05)
-    if k == 9:    # ellipse (axes 1 : 0.55)
+    if k == 9:  # ellipse (axes 1 : 0.55)
         return a * a + (b / 0.55) ** 2 <= 1.0
     raise ValueError(k)
 
 
-def _texture(t: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, ph: np.ndarray,
-             ang: np.ndarray, ctr: np.ndarray, noise: np.ndarray | None, size: int) -> np.ndarray:
+def _texture(
+    t: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    ph: np.ndarray,
+    ang: np.ndarray,
+    ctr: np.ndarray,
+    noise: np.ndarray | None,
+    size: int,
+) -> np.ndarray:
     """Texture type t as a blend weight in [0, 1], (m, S, S) float32.
 
     x, y: (1, S, S) pixel centres; p (m,1,1) period; ph (m,2,1,1) phases in [0, 1);
@@ -94,6 +123,7 @@ def _texture(t: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, ph: np.ndarray
         gy = np.mod(y / p + ph[:, 1], 1.0) - 0.5
         return (gx * gx + gy * gy <= 0.09).astype(np.float32)
     if t == 6:
+        assert noise is not None  # the caller passes noise for type 6
         return noise
     if t == 7:
         half = size / 2.0
@@ -103,7 +133,9 @@ def _texture(t: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, ph: np.ndarray
         d = np.sqrt((x - ctr[:, 0]) ** 2 + (y - ctr[:, 1]) ** 2)
         return (np.mod(d / p + ph[:, 0], 1.0) < 0.5).astype(np.float32)
     if t == 9:
-        arg = 2 * math.pi * (x / p + ph[:, 0]) + 2.0 * np.sin(2 * math.pi * (y / (2 * p) + ph[:, 1]))
+        arg = 2 * math.pi * (x / p + ph[:, 0]) + 2.0 * np.sin(
+            2 * math.pi * (y / (2 * p) + ph[:, 1])
+        )
         return (0.5 + 0.5 * np.sin(arg)).astype(np.float32)
     raise ValueError(t)
 
@@ -113,8 +145,17 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6.0).astype(np.int64) % 6
     f = h * 6.0 - np.floor(h * 6.0)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack([v, t, p], 1), np.stack([q, v, p], 1), np.stack([p, v, t], 1),
-                      np.stack([p, q, v], 1), np.stack([t, p, v], 1), np.stack([v, p, q], 1)], 0)
+    table = np.stack(
+        [
+            np.stack([v, t, p], 1),
+            np.stack([q, v, p], 1),
+            np.stack([p, v, t], 1),
+            np.stack([p, q, v], 1),
+            np.stack([t, p, v], 1),
+            np.stack([v, p, q], 1),
+        ],
+        0,
+    )
     return table[i, np.arange(len(h))]
 
 
@@ -122,9 +163,15 @@ def _draw_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     return _hsv_to_rgb(rng.random(n), rng.uniform(0.5, 1.0, n), rng.uniform(0.5, 1.0, n))
 
 
-def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
-                    background: str = "texture", size: int = 32,
-                    bg_pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+def generate_shapes(
+    n: int,
+    rho: float | None = 0.9,
+    seed: int = 0,
+    *,
+    background: str = "texture",
+    size: int = 32,
+    bg_pool: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
     """Generate `n` images. Returns a dict of tensors:
 
     images (n, 3, S, S) uint8, labels (n,) int64 (balanced: n // 10 or one more per class),
@@ -143,7 +190,9 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
     if rho is not None and not 0.0 <= rho <= 1.0:
         raise UserError(f"shapes: rho must lie in [0, 1], got {rho}")
     if background not in ("texture", "cifar10", "constant"):
-        raise UserError(f"shapes: background must be texture, cifar10 or constant, got {background!r}")
+        raise UserError(
+            f"shapes: background must be texture, cifar10 or constant, got {background!r}"
+        )
     if size < 8:
         raise UserError(f"shapes: size must be >= 8, got {size}")
     rng = np.random.default_rng(seed)
@@ -169,8 +218,9 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
     angle = rng.uniform(0.0, 2 * math.pi, n)
     centre = rng.uniform(0.0, size, (n, 2))
     is_noise = bg_type == 6
-    noise = rng.random((int(is_noise.sum()) if background == "texture" else 0, size, size),
-                       dtype=np.float32)
+    noise = rng.random(
+        (int(is_noise.sum()) if background == "texture" else 0, size, size), dtype=np.float32
+    )
     noise_row = np.cumsum(is_noise) - 1
 
     if background == "constant":
@@ -185,20 +235,22 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
                 break
             c2[bad] = rng.random((int(bad.sum()), 3))
         for _ in range(100):
-            bad = ((np.linalg.norm(fg - c1, axis=1) < _MIN_CONTRAST)
-                   | (np.linalg.norm(fg - c2, axis=1) < _MIN_CONTRAST))
+            bad = (np.linalg.norm(fg - c1, axis=1) < _MIN_CONTRAST) | (
+                np.linalg.norm(fg - c2, axis=1) < _MIN_CONTRAST
+            )
             if not bad.any():
                 break
             fg[bad] = _draw_colours(rng, int(bad.sum()))
-    bg_index = None
+    bg_index: np.ndarray | None = None
     if background == "cifar10":
         if bg_pool is None:
             raise UserError("shapes: background='cifar10' needs bg_pool=(images, labels)")
-        pool_x, pool_y = bg_pool
-        pool_y = np.asarray(pool_y, np.int64)
+        pool_x, pool_labels = bg_pool
+        pool_y = np.asarray(pool_labels, np.int64)
         if tuple(pool_x.shape[1:]) != (3, size, size):
-            raise UserError(f"shapes: CIFAR backgrounds are {tuple(pool_x.shape[1:])}, "
-                            f"need (3, {size}, {size})")
+            raise UserError(
+                f"shapes: CIFAR backgrounds are {tuple(pool_x.shape[1:])}, need (3, {size}, {size})"
+            )
         counts = np.bincount(pool_y, minlength=NUM_CLASSES)[:NUM_CLASSES]
         if (counts == 0).any():
             raise UserError("shapes: the CIFAR background pool lacks some of the 10 classes")
@@ -212,9 +264,9 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
     images = np.empty((n, 3, size, size), np.uint8)
     masks = np.empty((n, size, size), bool)
     coords = np.arange(size, dtype=np.float32) + 0.5
-    gx, gy = coords[None, None, :], coords[None, :, None]   # (1,1,S), (1,S,1) pixel centres
+    gx, gy = coords[None, None, :], coords[None, :, None]  # (1,1,S), (1,S,1) pixel centres
     xs, ys = np.broadcast_to(gx, (1, size, size)), np.broadcast_to(gy, (1, size, size))
-    col = lambda v: v.astype(np.float32).reshape(-1, *([1] * 2))   # (m,) -> (m,1,1)  # noqa: E731
+    col = lambda v: v.astype(np.float32).reshape(-1, *([1] * 2))  # (m,) -> (m,1,1)  # noqa: E731
 
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
@@ -232,6 +284,7 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
             b = (s * dx - c * dy) / rr
             mask[idx] = _shape_mask(k, a, b)
         if background == "cifar10":
+            assert bg_index is not None  # drawn above for cifar10 backgrounds
             bg = pool_np[bg_index[sl]]
         else:
             w = np.zeros((hi - lo, size, size), np.float32)
@@ -241,19 +294,30 @@ def generate_shapes(n: int, rho: float | None = 0.9, seed: int = 0, *,
                     if len(idx) == 0:
                         continue
                     j = idx + lo
-                    w[idx] = _texture(t, xs, ys, col(period[j]),
-                                      phase[j].astype(np.float32)[:, :, None, None],
-                                      col(angle[j]), centre[j].astype(np.float32)[:, :, None, None],
-                                      noise[noise_row[j]] if t == 6 else None, size)
+                    w[idx] = _texture(
+                        t,
+                        xs,
+                        ys,
+                        col(period[j]),
+                        phase[j].astype(np.float32)[:, :, None, None],
+                        col(angle[j]),
+                        centre[j].astype(np.float32)[:, :, None, None],
+                        noise[noise_row[j]] if t == 6 else None,
+                        size,
+                    )
             a1 = c1[sl].astype(np.float32)[:, :, None, None]
             a2 = c2[sl].astype(np.float32)[:, :, None, None]
             bg = np.clip(np.rint((a1 + w[:, None] * (a2 - a1)) * 255.0), 0, 255).astype(np.uint8)
         images[sl] = np.where(mask[:, None], fg_u8[sl][:, :, None, None], bg)
         masks[sl] = mask
 
-    out = dict(images=torch.from_numpy(images), labels=torch.from_numpy(labels),
-               masks=torch.from_numpy(masks), bg_type=torch.from_numpy(bg_type),
-               colors=torch.from_numpy(fg_u8))
+    out = dict(
+        images=torch.from_numpy(images),
+        labels=torch.from_numpy(labels),
+        masks=torch.from_numpy(masks),
+        bg_type=torch.from_numpy(bg_type),
+        colors=torch.from_numpy(fg_u8),
+    )
     if bg_index is not None:
         out["bg_index"] = torch.from_numpy(bg_index.astype(np.int64))
     return out
@@ -278,16 +342,25 @@ def _cifar_pool(root: str | None, train: bool) -> tuple[torch.Tensor, torch.Tens
     from pathlib import Path
 
     from .cifar import find_folder, load_cifar
+
     if root is None:
-        root = next((r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), "cifar10")),
-                    "data")
+        root = next(
+            (r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), "cifar10")), "data"
+        )
     x, y, _ = load_cifar(root, "cifar10", train=train)
     return x, y
 
 
 @register_dataset("shapes")
-def shapes(root: str | None = None, n_train: int = 50000, n_test: int = 10000, rho: float = 0.9,
-           seed: int = 0, background: str = "texture", download: bool = False) -> DataBundle:
+def shapes(
+    root: str | None = None,
+    n_train: int = 50000,
+    n_test: int = 10000,
+    rho: float = 0.9,
+    seed: int = 0,
+    background: str = "texture",
+    download: bool = False,
+) -> DataBundle:
     """The shapes dataset (see the module docstring). Train: background agrees with the class
     with probability `rho`; test: independent. `root` is CIFAR-10's folder, used only with
     `background="cifar10"` (train backgrounds from CIFAR train, test from CIFAR test).
@@ -296,11 +369,25 @@ def shapes(root: str | None = None, n_train: int = 50000, n_test: int = 10000, r
         raise UserError(f"shapes: background must be texture or cifar10, got {background!r}")
     seeds = np.random.SeedSequence(seed).spawn(2)
     s_train, s_test = (int(s.generate_state(1)[0]) for s in seeds)
-    pools = ((_cifar_pool(root, True), _cifar_pool(root, False)) if background == "cifar10"
-             else (None, None))
+    pools = (
+        (_cifar_pool(root, True), _cifar_pool(root, False))
+        if background == "cifar10"
+        else (None, None)
+    )
     tr = generate_shapes(n_train, rho, s_train, background=background, bg_pool=pools[0])
     te = generate_shapes(n_test, None, s_test, background=background, bg_pool=pools[1])
     mean, std = channel_stats(tr["images"] if n_train > 0 else te["images"])
     name = "shapes" if background == "texture" else "shapes-cifar10"
-    return DataBundle(name, tr["images"], tr["labels"], te["images"], te["labels"], NUM_CLASSES,
-                      mean, std, list(CLASS_NAMES), train_masks=tr["masks"], test_masks=te["masks"])
+    return DataBundle(
+        name,
+        tr["images"],
+        tr["labels"],
+        te["images"],
+        te["labels"],
+        NUM_CLASSES,
+        mean,
+        std,
+        list(CLASS_NAMES),
+        train_masks=tr["masks"],
+        test_masks=te["masks"],
+    )

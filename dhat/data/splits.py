@@ -1,10 +1,13 @@
 """Deterministic, class-stratified held-out validation split of a training set."""
+
 from __future__ import annotations
 
 import torch
 
 
-def validation_split(labels: torch.Tensor, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_split(
+    labels: torch.Tensor, size: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_idx, val_idx): `size` images held out, as equal per class as possible, chosen by
     a seeded permutation (the same for every run with this seed and label vector)."""
     n = labels.numel()
@@ -15,7 +18,9 @@ def validation_split(labels: torch.Tensor, size: int, seed: int = 0) -> tuple[to
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     classes = labels.unique()
-    per = [size // len(classes) + (1 if i < size % len(classes) else 0) for i in range(len(classes))]
+    per = [
+        size // len(classes) + (1 if i < size % len(classes) else 0) for i in range(len(classes))
+    ]
     picks = []
     for c, k in zip(classes.tolist(), per):
         members = perm[labels[perm] == c]

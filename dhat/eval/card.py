@@ -7,13 +7,14 @@ hash, library versions, hardware and date (in the spirit of RobustBench's model 
 e.g. an AutoAttack accuracy without its image count, its settings or its sanity checks — so
 such a card can be neither written nor read.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import UserError
 from ..io import write_json
@@ -31,8 +32,10 @@ def _close(a: float, b: float, tol: float = 1e-9) -> bool:
 
 def validate_card(card: dict[str, Any], where: str = "result card") -> dict[str, Any]:
     """Raise CardError (one line) unless every number in `card` is accounted for."""
-    def bad(msg: str):
+
+    def bad(msg: str) -> NoReturn:
         raise CardError(f"{where}: {msg}")
+
     if card.get("schema") != SCHEMA:
         bad(f"not a '{SCHEMA}' result card")
     acc = card.get("accuracy")
@@ -56,8 +59,9 @@ def validate_card(card: dict[str, Any], where: str = "result card") -> dict[str,
             bad("an AutoAttack accuracy needs its image count n_aa")
         if not aa or aa.get("n") != card["n_aa"] or not _close(aa["robust_accuracy"], acc["aa"]):
             bad("accuracy 'aa' does not match its autoattack record (n, robust_accuracy)")
-        if sanity and any(sanity.get(c, {}).get("status") in (None, "skipped")
-                          for c in ("aa_vs_pgd", "aa_flags")):
+        if sanity and any(
+            sanity.get(c, {}).get("status") in (None, "skipped") for c in ("aa_vs_pgd", "aa_flags")
+        ):
             bad("AutoAttack ran but its sanity checks aa_vs_pgd / aa_flags did not see it")
     elif card.get("n_aa") is not None or "autoattack" in card:
         bad("an autoattack record without an 'aa' accuracy")
@@ -90,21 +94,39 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def fallback_path(path: Path) -> Path:
-    """Where a card goes when its folder cannot be written: the working directory, else /tmp."""
+    """Where a card goes when its folder cannot be written: a new file in the working
+    directory, else in the temporary folder (`<folder name>_<card name>`, numbered if taken:
+    an earlier fallback card is never overwritten). The file is created empty here."""
+    import os
     import tempfile
-    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
-        cand = folder / f"{path.parent.name or 'run'}_{path.name}"
-        try:
-            cand.touch(exist_ok=True)
-            return cand
-        except OSError:
-            continue
-    raise UserError(f"cannot write the result card anywhere (tried {path} and a fallback)")
+
+    folders = []
+    try:
+        folders.append(Path.cwd())
+    except OSError:  # the working directory was removed
+        pass
+    folders.append(Path(tempfile.gettempdir()))
+    stem = f"{path.parent.name or 'run'}_{path.stem}"
+    for folder in folders:
+        for i in range(1, 1000):
+            cand = folder / (f"{stem}{path.suffix}" if i == 1 else f"{stem}_{i}{path.suffix}")
+            try:
+                os.close(os.open(cand, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                return cand
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+    raise UserError(
+        f"cannot write the result card anywhere (tried {path}, the working "
+        "directory and the temporary folder); pass --out PATH somewhere writable"
+    )
 
 
 def save_card(card: dict[str, Any], path: str | Path) -> Path:
     """Validate and write `card` atomically; if `path` cannot be written, write it to a
-    fallback path, warn naming it, and return where it went."""
+    new fallback file (`fallback_path`), warn naming it, and return where it went. A
+    one-line UserError if it can be written nowhere."""
     validate_card(card)
     path = Path(path)
     body = {k: v for k, v in card.items() if k != "path"}
@@ -112,17 +134,29 @@ def save_card(card: dict[str, Any], path: str | Path) -> Path:
         write_json(path, body)
         return path
     except OSError as e:
-        alt = fallback_path(path)
+        error = e
+    alt = fallback_path(path)
+    try:
         write_json(alt, body)
-        warnings.warn(f"could not write {path} ({type(e).__name__}); the result card is at {alt}",
-                      stacklevel=2)
-        return alt
+    except OSError as e:
+        alt.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write the result card to {path} ({type(error).__name__}) nor "
+            f"to {alt} ({type(e).__name__}); pass --out PATH somewhere "
+            "writable"
+        ) from None
+    warnings.warn(
+        f"could not write {path} ({type(error).__name__}); the result card is at {alt}",
+        stacklevel=2,
+    )
+    return alt
 
 
 def check_writable(path: str | Path) -> None:
     """A one-line UserError now, before any attack, if the card could not be written there."""
     import os
     import tempfile
+
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -137,8 +171,10 @@ def check_writable(path: str | Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError:
-        raise UserError(f"cannot write the result card to {path} ({probe_dir} is not writable); "
-                        "pass --out PATH somewhere writable") from None
+        raise UserError(
+            f"cannot write the result card to {path} ({probe_dir} is not writable); "
+            "pass --out PATH somewhere writable"
+        ) from None
 
 
 def card_label(card: dict[str, Any]) -> str:
@@ -154,35 +190,59 @@ def format_card(card: dict[str, Any]) -> str:
             rows.append((f"  aa: after {attack}", f"{100 * v:.2f}"))
     if "robust_gap" in card:
         g = card["robust_gap"]
-        rows.append((f"robust gap (pgd10, {g['n_train']} train imgs)",
-                     f"{100 * g['gap']:.2f} ({100 * g['train']:.2f} - {100 * g['test']:.2f})"))
+        rows.append(
+            (
+                f"robust gap (pgd10, {g['n_train']} train imgs)",
+                f"{100 * g['gap']:.2f} ({100 * g['train']:.2f} - {100 * g['test']:.2f})",
+            )
+        )
     b = card.get("background")
     if b:
         for split, by_attack in b["accuracy"].items():
-            rows.append((f"{split} (clean / pgd10)", " / ".join(
-                f"{100 * by_attack[a]['value']:.2f}" for a in by_attack)))
+            rows.append(
+                (
+                    f"{split} (clean / pgd10)",
+                    " / ".join(f"{100 * by_attack[a]['value']:.2f}" for a in by_attack),
+                )
+            )
         for a, v in b.get("bg_gap", {}).items():
             lo, hi = v["ci"]
-            rows.append((f"BG-gap {a} (same - rand)",
-                         f"{100 * v['value']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"))
+            rows.append(
+                (
+                    f"BG-gap {a} (same - rand)",
+                    f"{100 * v['value']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]",
+                )
+            )
         for split, kinds in b.get("attention", {}).items():
             for kind, m in kinds.items():
-                rows.append((f"IoU fg / bg, {split}, {kind}",
-                             f"{m['fg_iou']['value']:.3f} / {m['bg_iou']['value']:.3f}"))
+                rows.append(
+                    (
+                        f"IoU fg / bg, {split}, {kind}",
+                        f"{m['fg_iou']['value']:.3f} / {m['bg_iou']['value']:.3f}",
+                    )
+                )
     w = max(len(k) for k, _ in rows)
     aa = f", AA on {card['n_aa']}" if card.get("n_aa") else ""
-    head = (f"{card['model']} / {card['method']} on {card['dataset']} ({card['n_test']} test images"
-            f"{aa}, eps {card['eps_255']}/255)")
+    head = (
+        f"{card['model']} / {card['method']} on {card['dataset']} ({card['n_test']} test images"
+        f"{aa}, eps {card['eps_255']}/255)"
+    )
     lines = [head] + [f"  {k:<{w}}  {v}" for k, v in rows]
     if "curves" in card:
         c = card["curves"]
-        lines.append("  curves: eps/255 " + " ".join(f"{e:g}" for e in c["eps"]["eps_255"])
-                     + " | PGD-20 " + " ".join(f"{100 * v:.1f}" for v in c["eps"]["pgd20"]))
+        lines.append(
+            "  curves: eps/255 "
+            + " ".join(f"{e:g}" for e in c["eps"]["eps_255"])
+            + " | PGD-20 "
+            + " ".join(f"{100 * v:.1f}" for v in c["eps"]["pgd20"])
+        )
     bad = [c for c in card.get("sanity", []) if c["status"] == "warn"]
     if card.get("sanity"):
         if bad:
-            lines.append(f"  !! {len(bad)} SANITY CHECK(S) FAILED: this evaluation may "
-                         "over-report robustness")
+            lines.append(
+                f"  !! {len(bad)} SANITY CHECK(S) FAILED: this evaluation may "
+                "over-report robustness"
+            )
             lines += [f"  !! {c['check']}: {c['message']}  [{c['doc']}]" for c in bad]
         else:
             ran = sum(c["status"] == "ok" for c in card["sanity"])

@@ -9,15 +9,17 @@ A well-behaved evaluation gives curves that fall with ε (to ~0 at large ε) and
 steps. `monotone_violations` lists where they do not (the sanity checks report it).
 Plots use matplotlib (optional extra `dhat[plot]`), imported lazily, Agg canvas.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 
-from .attack_spec import AttackSpec
+from ..attacks.spec import AttackSpec
 from .robust import correct_under
 
 EPS_255 = (2, 4, 6, 8, 10, 12, 16)
@@ -26,13 +28,28 @@ STEPS = (1, 5, 10, 20, 50)
 
 def _acc(model, x, y, attack, batch_size, device, seed) -> float:
     torch.manual_seed(seed)
-    return correct_under(model, x, y, attack, batch_size=batch_size, device=device).float().mean().item()
+    return (
+        correct_under(model, x, y, attack, batch_size=batch_size, device=device)
+        .float()
+        .mean()
+        .item()
+    )
 
 
-def robustness_curves(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
-                      step_size: float = 2 / 255, eps_255: Sequence[float] = EPS_255,
-                      steps: Sequence[int] = STEPS, batch_size: int = 256, device="cpu",
-                      seed: int = 0, log: Callable[[str], None] | None = None) -> dict:
+def robustness_curves(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    eps_255: Sequence[float] = EPS_255,
+    steps: Sequence[int] = STEPS,
+    batch_size: int = 256,
+    device="cpu",
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Accuracy (fractions) on images x (uint8 or float in [0, 1]) -> a JSON-ready dict:
     {"n", "clean", "eps": {"eps_255", "pgd20", "cw", ...}, "steps": {"steps", "pgd", ...}}."""
     clean = _acc(model, x, y, None, batch_size, device, seed)
@@ -52,11 +69,24 @@ def robustness_curves(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8
         if log is not None:
             log(f"  curves: PGD-{k}  {100 * by_steps[-1]:.2f}")
     return {
-        "n": len(y), "clean": clean, "seed": seed,
-        "eps": {"eps_255": [0, *eps_255], "pgd20": pgd20, "cw": cw, "steps": 20,
-                "step_size": "eps/4", "init": "uniform"},
-        "steps": {"steps": list(steps), "pgd": by_steps, "eps_255": round(eps * 255, 3),
-                  "step_size_255": round(step_size * 255, 3), "init": "uniform"},
+        "n": len(y),
+        "clean": clean,
+        "seed": seed,
+        "eps": {
+            "eps_255": [0, *eps_255],
+            "pgd20": pgd20,
+            "cw": cw,
+            "steps": 20,
+            "step_size": "eps/4",
+            "init": "uniform",
+        },
+        "steps": {
+            "steps": list(steps),
+            "pgd": by_steps,
+            "eps_255": round(eps * 255, 3),
+            "step_size_255": round(step_size * 255, 3),
+            "init": "uniform",
+        },
     }
 
 
@@ -74,15 +104,19 @@ def monotone_violations(curves: dict) -> list[str]:
         acc = e[key]
         for i in range(1, len(acc)):
             if acc[i] - min(acc[:i]) > _noise(acc[i], n):
-                out.append(f"{key} accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
-                           f"at eps {e['eps_255'][i]}/255")
+                out.append(
+                    f"{key} accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
+                    f"at eps {e['eps_255'][i]}/255"
+                )
                 break
     s = curves["steps"]
     acc = s["pgd"]
     for i in range(1, len(acc)):
         if acc[i] - min(acc[:i]) > _noise(acc[i], n):
-            out.append(f"PGD accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
-                       f"at {s['steps'][i]} steps")
+            out.append(
+                f"PGD accuracy rises from {100 * min(acc[:i]):.1f}% to {100 * acc[i]:.1f}% "
+                f"at {s['steps'][i]} steps"
+            )
             break
     return out
 
@@ -93,7 +127,10 @@ def figure(ncols: int, width: float = 5.0):
         from matplotlib.figure import Figure
     except ImportError:
         from ..errors import UserError
-        raise UserError("plots need matplotlib: pip install matplotlib   (or 'dhat[plot]')") from None
+
+        raise UserError(
+            "plots need matplotlib: pip install matplotlib   (or 'dhat[plot]')"
+        ) from None
     fig = Figure(figsize=(width * ncols, 3.8))
     FigureCanvasAgg(fig)
     return fig
@@ -103,16 +140,35 @@ def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """One figure, two panels (accuracy vs ε: PGD-20 solid, CW dashed; accuracy vs PGD steps),
     one colour per run. `runs` = [(label, curves dict)]. Writes a PNG and returns its path."""
     from ..io import atomic_write
+
     fig = figure(2)
     ax_e, ax_s = fig.subplots(1, 2)
     for i, (label, c) in enumerate(runs):
         colour = f"C{i % 10}"
-        ax_e.plot(c["eps"]["eps_255"], [100 * v for v in c["eps"]["pgd20"]], "-o", ms=3,
-                  color=colour, label=f"{label} PGD-20")
-        ax_e.plot(c["eps"]["eps_255"], [100 * v for v in c["eps"]["cw"]], "--s", ms=3,
-                  color=colour, label=f"{label} CW")
-        ax_s.plot(c["steps"]["steps"], [100 * v for v in c["steps"]["pgd"]], "-o", ms=3,
-                  color=colour, label=f"{label} (ε={c['steps']['eps_255']:g}/255)")
+        ax_e.plot(
+            c["eps"]["eps_255"],
+            [100 * v for v in c["eps"]["pgd20"]],
+            "-o",
+            ms=3,
+            color=colour,
+            label=f"{label} PGD-20",
+        )
+        ax_e.plot(
+            c["eps"]["eps_255"],
+            [100 * v for v in c["eps"]["cw"]],
+            "--s",
+            ms=3,
+            color=colour,
+            label=f"{label} CW",
+        )
+        ax_s.plot(
+            c["steps"]["steps"],
+            [100 * v for v in c["steps"]["pgd"]],
+            "-o",
+            ms=3,
+            color=colour,
+            label=f"{label} (ε={c['steps']['eps_255']:g}/255)",
+        )
     ax_e.set_xlabel("ε (/255)")
     ax_e.set_ylabel("accuracy (%)")
     ax_e.set_title("accuracy under attack vs budget")

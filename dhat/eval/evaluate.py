@@ -5,22 +5,24 @@ robustness curves and background-reliance measures, into one validated result ca
 checks that its card can be written *before* the first attack, measures, builds the card
 (`card.build_card`) and writes it (to a named fallback path if the target fails).
 """
+
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ..attacks.spec import describe, make_attack
 from ..checkpoint import model_from_state, read_checkpoint
 from ..config import EvalConfig, config_hash, resolve_device
 from ..data import DataBundle, load_dataset, validation_split
 from ..errors import UserError
 from ..io import file_sha256
-from .attack_spec import describe, make_attack
 from .background import background_measures, robust_gap_ci
 from .card import SCHEMA, check_writable, save_card, validate_card
 from .robust import correct_under
@@ -34,19 +36,27 @@ def environment() -> dict[str, Any]:
 
     from .. import __version__
     from ..attacks.autoattack import import_autoattack
+
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     try:
         _, aa_name, aa_version = import_autoattack()
         aa = f"{aa_name} {aa_version}"
     except UserError:
         aa = None
-    return {"dhat": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": numpy.__version__, "autoattack_package": aa,
-            "hardware": f"{dev}; {platform.processor() or platform.machine()}; "
-                        f"{torch.get_num_threads()} CPU threads"}
+    return {
+        "dhat": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "autoattack_package": aa,
+        "hardware": f"{dev}; {platform.processor() or platform.machine()}; "
+        f"{torch.get_num_threads()} CPU threads",
+    }
 
 
-def training_images(data: DataBundle, cfg: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_images(
+    data: DataBundle, cfg: dict[str, Any], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` images (seeded order) of the images the run trained on (its subset minus
     its validation split), without augmentation."""
     seed = cfg.get("seed", 0)
@@ -55,7 +65,7 @@ def training_images(data: DataBundle, cfg: dict[str, Any], n: int) -> tuple[torc
     train_idx, _ = validation_split(data.train_y, cfg.get("val_size", 0), seed)
     order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))]
     pick = order[:n]
-    view = getattr(data, "train_view", None)     # e.g. imagefolder: center crop to the resolution
+    view = getattr(data, "train_view", None)  # e.g. imagefolder: center crop to the resolution
     x = data.train_x[pick]
     return (view(x) if view else x), data.train_y[pick]
 
@@ -65,18 +75,36 @@ def attack_settings(attacks, eps: float, step_size: float) -> dict[str, str]:
     return {name: describe(name, eps, step_size) for name in attacks}
 
 
-def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: float,
-                   n_test: int = 0, gap_train: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   batch_size: int = 256, device="cpu", progress: bool = True, seed: int = 0,
-                   aa_n: int = 0, sanity: bool = False, sanity_n: int = 100, curves: bool = False,
-                   curves_n: int = 1000, background: bool = True, background_n: int = 0,
-                   inverse_eps: tuple[float, ...] = (), log: Log = None) -> dict[str, Any]:
+def evaluate_model(
+    model,
+    data: DataBundle,
+    *,
+    attacks,
+    eps: float,
+    step_size: float,
+    n_test: int = 0,
+    gap_train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int = 256,
+    device="cpu",
+    progress: bool = True,
+    seed: int = 0,
+    aa_n: int = 0,
+    sanity: bool = False,
+    sanity_n: int = 100,
+    curves: bool = False,
+    curves_n: int = 1000,
+    background: bool = True,
+    background_n: int = 0,
+    inverse_eps: tuple[float, ...] = (),
+    log: Log = None,
+) -> dict[str, Any]:
     """Accuracy (fraction) under each named attack on the first `n_test` test images
     ("aa" = standard AutoAttack on the first `aa_n`, default `n_test`), the robust gap
     (PGD-10 train minus test) when `gap_train` images are given, robustness curves and sanity
     checks when asked, and the background-reliance measures (`background.py`) when the dataset
     has object/background splits. `progress`: tqdm bars; `log`: one line per finished part."""
     from .sanity import check_train_mode, run_sanity_checks
+
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
     x, y = data.test_x, data.test_y
     if n_test:
@@ -88,17 +116,32 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
     for name in attacks:
         if name == "aa":
             from ..attacks.autoattack import run_autoattack
+
             n = min(aa_n or len(y), len(y))
             out["autoattack"], aa_robust = run_autoattack(
-                model, x[:n], y[:n], eps=eps, batch_size=batch_size, device=device, seed=seed,
-                return_flags=True, log=log)
+                model,
+                x[:n],
+                y[:n],
+                eps=eps,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                return_flags=True,
+                log=log,
+            )
             acc["aa"] = out["autoattack"]["robust_accuracy"]
             out["n_aa"] = out["autoattack"]["n"]
             continue
         torch.manual_seed(seed)
-        correct[name] = correct_under(model, x, y, make_attack(name, eps, step_size),
-                                      batch_size=batch_size, device=device,
-                                      desc=name if progress else None)
+        correct[name] = correct_under(
+            model,
+            x,
+            y,
+            make_attack(name, eps, step_size),
+            batch_size=batch_size,
+            device=device,
+            desc=name if progress else None,
+        )
         acc[name] = correct[name].float().mean().item()
         if log is not None:
             log(f"  {name}: {100 * acc[name]:.2f}%")
@@ -110,28 +153,67 @@ def evaluate_model(model, data: DataBundle, *, attacks, eps: float, step_size: f
             torch.manual_seed(seed)
             test_correct = correct_under(model, x, y, pgd10, batch_size=batch_size, device=device)
         torch.manual_seed(seed)
-        train_correct = correct_under(model, *gap_train, pgd10, batch_size=batch_size,
-                                      device=device, desc="gap (train)" if progress else None)
+        train_correct = correct_under(
+            model,
+            *gap_train,
+            pgd10,
+            batch_size=batch_size,
+            device=device,
+            desc="gap (train)" if progress else None,
+        )
         train, test = train_correct.float().mean().item(), test_correct.float().mean().item()
-        out["robust_gap"] = {"attack": "pgd10", "train": train, "test": test, "gap": train - test,
-                             "n_train": len(gap_train[1]),
-                             "ci": robust_gap_ci(train_correct, test_correct, seed=seed)["ci"]}
+        out["robust_gap"] = {
+            "attack": "pgd10",
+            "train": train,
+            "test": test,
+            "gap": train - test,
+            "n_train": len(gap_train[1]),
+            "ci": robust_gap_ci(train_correct, test_correct, seed=seed)["ci"],
+        }
     if background and data.splits:
         attacks_bg = {"clean": None, "pgd10": make_attack("pgd10", eps, step_size)}
         out["background"] = background_measures(
-            model, data.splits, attacks=attacks_bg, inverse_eps=inverse_eps,
-            n=background_n or len(y), batch_size=batch_size, device=device, seed=seed)
+            model,
+            data.splits,
+            attacks=attacks_bg,
+            inverse_eps=inverse_eps,
+            n=background_n or len(y),
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+        )
     if curves:
         from .curves import robustness_curves
+
         m = curves_n or len(y)
-        out["curves"] = robustness_curves(model, x[:m], y[:m], eps=eps, step_size=step_size,
-                                          batch_size=batch_size, device=device, seed=seed, log=log)
+        out["curves"] = robustness_curves(
+            model,
+            x[:m],
+            y[:m],
+            eps=eps,
+            step_size=step_size,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            log=log,
+        )
     if sanity:
-        out["sanity"] = run_sanity_checks(model, x, y, eps=eps, step_size=step_size, n=sanity_n,
-                                          batch_size=batch_size, device=device, seed=seed,
-                                          correct=correct, aa_robust=aa_robust,
-                                          aa_warnings=out.get("autoattack", {}).get("warnings"),
-                                          curves=out.get("curves"), train_mode=mode_check)
+        out["sanity"] = run_sanity_checks(
+            model,
+            x,
+            y,
+            eps=eps,
+            step_size=step_size,
+            n=sanity_n,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            correct=correct,
+            aa_robust=aa_robust,
+            aa_warnings=out.get("autoattack", {}).get("warnings"),
+            curves=out.get("curves"),
+            train_mode=mode_check,
+        )
     return out
 
 
@@ -139,50 +221,85 @@ def load_for_eval(cfg: EvalConfig, device) -> tuple[torch.nn.Module, dict[str, A
     """The model to evaluate and what the card says about it (dhat checkpoint or plain weights)."""
     if cfg.weights_file:
         from ..models.weights import load_weights_file
-        model, info = load_weights_file(cfg.weights_file, cfg.model, num_classes=cfg.num_classes,
-                                        model_args=cfg.model_args,
-                                        normalization=cfg.normalization, device=device)
+
+        model, info = load_weights_file(
+            cfg.weights_file,
+            cfg.model,
+            num_classes=cfg.num_classes,
+            model_args=cfg.model_args,
+            normalization=cfg.normalization,
+            device=device,
+        )
         meta = info.get("sidecar") or {}
         return model, {
-            "source": "state-dict", "checkpoint": str(cfg.weights_file),
-            "checkpoint_sha256": info["sha256"], "weights": "model", "epoch": meta.get("epoch"),
-            "run_dir": None, "model": info["model"], "model_kwargs": info["model_kwargs"],
+            "source": "state-dict",
+            "checkpoint": str(cfg.weights_file),
+            "checkpoint_sha256": info["sha256"],
+            "weights": "model",
+            "epoch": meta.get("epoch"),
+            "run_dir": None,
+            "model": info["model"],
+            "model_kwargs": info["model_kwargs"],
             "num_classes": info["num_classes"],
-            "normalization": {"mean": info["mean"], "std": info["std"],
-                              "source": info["normalization_source"]},
-            "method": meta.get("method"), "method_args": {}, "method_options": {},
-            "config_hash": meta.get("config_hash"), "run_config": {},
-            "dataset_default": meta.get("dataset"), "eps_default": meta.get("eps")}
+            "normalization": {
+                "mean": info["mean"],
+                "std": info["std"],
+                "source": info["normalization_source"],
+            },
+            "method": meta.get("method"),
+            "method_args": {},
+            "method_options": {},
+            "config_hash": meta.get("config_hash"),
+            "run_config": {},
+            "dataset_default": meta.get("dataset"),
+            "eps_default": meta.get("eps"),
+        }
     if not cfg.checkpoint:
-        raise UserError("pass a checkpoint (a best.pt/last.pt of `dhat train`) or --weights-file "
-                        "FILE --model NAME")
+        raise UserError(
+            "pass a checkpoint (a best.pt/last.pt of `dhat train`) or --weights-file "
+            "FILE --model NAME"
+        )
     state = read_checkpoint(cfg.checkpoint)
     run_cfg = state.get("config", {})
     if cfg.weights != "model":
         extra = state.get("extra_models", {})
         if cfg.weights not in extra:
-            raise UserError(f"{cfg.checkpoint} holds no '{cfg.weights}' weights; it has: "
-                            f"{', '.join(['model', *extra])}")
+            raise UserError(
+                f"{cfg.checkpoint} holds no '{cfg.weights}' weights; it has: "
+                f"{', '.join(['model', *extra])}"
+            )
         state = {**state, "model": extra[cfg.weights]}
     model = model_from_state(state, device)
     spec = state["model_spec"]
     return model, {
-        "source": "dhat-checkpoint", "checkpoint": str(cfg.checkpoint),
-        "checkpoint_sha256": file_sha256(cfg.checkpoint), "weights": cfg.weights,
-        "epoch": state.get("epoch"), "run_dir": str(Path(cfg.checkpoint).resolve().parent),
-        "model": spec["name"], "model_kwargs": spec.get("kwargs", {}),
+        "source": "dhat-checkpoint",
+        "checkpoint": str(cfg.checkpoint),
+        "checkpoint_sha256": file_sha256(cfg.checkpoint),
+        "weights": cfg.weights,
+        "epoch": state.get("epoch"),
+        "run_dir": str(Path(cfg.checkpoint).resolve().parent),
+        "model": spec["name"],
+        "model_kwargs": spec.get("kwargs", {}),
         "num_classes": spec["num_classes"],
-        "normalization": {"mean": [float(v) for v in model.mean.flatten()],
-                          "std": [float(v) for v in model.std.flatten()], "source": "checkpoint"},
-        "method": state.get("method"), "method_args": run_cfg.get("method_args", {}),
+        "normalization": {
+            "mean": [float(v) for v in model.mean.flatten()],
+            "std": [float(v) for v in model.std.flatten()],
+            "source": "checkpoint",
+        },
+        "method": state.get("method"),
+        "method_args": run_cfg.get("method_args", {}),
         "method_options": state.get("method_options", {}),
-        "config_hash": config_hash(run_cfg), "run_config": run_cfg,
-        "dataset_default": run_cfg.get("dataset"), "eps_default": run_cfg.get("eps")}
+        "config_hash": config_hash(run_cfg),
+        "run_config": run_cfg,
+        "dataset_default": run_cfg.get("dataset"),
+        "eps_default": run_cfg.get("eps"),
+    }
 
 
 def run_inverse_eps(info: dict[str, Any]) -> list[float]:
     """The run's ε_inv (its resolved method options, or the method's default), else 4/255."""
     from ..methods import method_options
+
     resolved = info.get("method_options") or {}
     if "eps_inv" in resolved:
         return [float(resolved["eps_inv"])]
@@ -201,8 +318,13 @@ def default_card_path(cfg: EvalConfig, checkpoint: str) -> Path:
     return Path(cfg.out) if cfg.out else src.with_name(f"eval_{src.stem}{suffix}.json")
 
 
-def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True, write: bool = True,
-                        log: Log = None, check_out: bool | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: EvalConfig,
+    progress: bool = True,
+    write: bool = True,
+    log: Log = None,
+    check_out: bool | None = None,
+) -> dict[str, Any]:
     """Load `cfg.checkpoint` (or `cfg.weights_file`), evaluate it and return the validated
     result card (with "path" when written). With `write`, the card (and the curves PNG) is
     written. That the card's folder is writable is checked before the first attack (with
@@ -219,34 +341,57 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True, write: bool = Tr
     run_cfg = info.pop("run_config")
     dataset = cfg.dataset or info.get("dataset_default") or "cifar10"
     same = dataset == run_cfg.get("dataset")
-    data = load_dataset(dataset, cfg.data_root or (run_cfg.get("data_root") if same else None),
-                        download=run_cfg.get("download", False),
-                        **(run_cfg.get("dataset_args", {}) if same else {}))
+    data = load_dataset(
+        dataset,
+        cfg.data_root or (run_cfg.get("data_root") if same else None),
+        download=run_cfg.get("download", False),
+        **(run_cfg.get("dataset_args", {}) if same else {}),
+    )
     if data.num_classes != info["num_classes"]:
-        raise UserError(f"the model has {info['num_classes']} classes but {dataset} has "
-                        f"{data.num_classes}; pass --dataset (or --num-classes)")
+        raise UserError(
+            f"the model has {info['num_classes']} classes but {dataset} has "
+            f"{data.num_classes}; pass --dataset (or --num-classes)"
+        )
     eps = cfg.eps if cfg.eps is not None else (info.get("eps_default") or 8 / 255)
-    if "aa" in cfg.attacks:   # a missing AutoAttack fails before any work
+    if "aa" in cfg.attacks:  # a missing AutoAttack fails before any work
         from ..attacks.autoattack import import_autoattack
+
         import_autoattack()
     if log is not None:
         if not cfg.dataset:
             log(f"dataset: {dataset} (the checkpoint's)")
         est = estimate_seconds(model, data, cfg, device)
         if est > 60:
-            log(f"estimated duration: about {est / 60:.0f} min on this machine "
-                "(from one timed batch; AutoAttack varies with robustness)")
+            log(
+                f"estimated duration: about {est / 60:.0f} min on this machine "
+                "(from one timed batch; AutoAttack varies with robustness)"
+            )
     inverse_eps = tuple(cfg.inverse_eps or run_inverse_eps(info))
     torch.manual_seed(cfg.seed)
     gap = training_images(data, run_cfg, cfg.gap_train_images) if cfg.gap_train_images else None
-    result = evaluate_model(model, data, attacks=cfg.attacks, eps=eps, step_size=cfg.step_size,
-                            n_test=cfg.n_test, gap_train=gap, batch_size=cfg.batch_size,
-                            device=device, progress=progress, seed=cfg.seed, aa_n=cfg.aa_n,
-                            sanity=cfg.sanity, sanity_n=cfg.sanity_n, curves=cfg.curves,
-                            curves_n=cfg.curves_n, background=cfg.background,
-                            background_n=cfg.background_n, inverse_eps=inverse_eps, log=log)
-    card = build_card(result, info, cfg, dataset=dataset, eps=eps,
-                      seconds=time.perf_counter() - t0)
+    result = evaluate_model(
+        model,
+        data,
+        attacks=cfg.attacks,
+        eps=eps,
+        step_size=cfg.step_size,
+        n_test=cfg.n_test,
+        gap_train=gap,
+        batch_size=cfg.batch_size,
+        device=device,
+        progress=progress,
+        seed=cfg.seed,
+        aa_n=cfg.aa_n,
+        sanity=cfg.sanity,
+        sanity_n=cfg.sanity_n,
+        curves=cfg.curves,
+        curves_n=cfg.curves_n,
+        background=cfg.background,
+        background_n=cfg.background_n,
+        inverse_eps=inverse_eps,
+        log=log,
+    )
+    card = build_card(result, info, cfg, dataset=dataset, eps=eps, seconds=time.perf_counter() - t0)
     validate_card(card)
     if write:
         if "curves" in card:
@@ -255,10 +400,18 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True, write: bool = Tr
     return card
 
 
-def build_card(result: dict[str, Any], info: dict[str, Any], cfg: EvalConfig, *, dataset: str,
-               eps: float, seconds: float) -> dict[str, Any]:
+def build_card(
+    result: dict[str, Any],
+    info: dict[str, Any],
+    cfg: EvalConfig,
+    *,
+    dataset: str,
+    eps: float,
+    seconds: float,
+) -> dict[str, Any]:
     """The result card of one evaluation (see card.py)."""
     import datetime
+
     acc = result["accuracy"]
     summary = {k: round(100 * v, 2) for k, v in acc.items()}
     if "robust_gap" in result:
@@ -266,20 +419,44 @@ def build_card(result: dict[str, Any], info: dict[str, Any], cfg: EvalConfig, *,
     sanity = result.get("sanity", [])
     return {
         "schema": SCHEMA,
-        **{k: info[k] for k in ("checkpoint", "checkpoint_sha256", "source", "weights", "epoch",
-                                "run_dir")},
-        "dataset": dataset, "split": "test", "threat_model": "Linf", "eps": eps,
-        "eps_255": round(eps * 255, 3), "step_size": cfg.step_size,
-        **{k: info[k] for k in ("model", "model_kwargs", "num_classes", "normalization", "method",
-                                "method_args", "config_hash")},
-        "n_test": result["n_test"], "n_aa": result.get("n_aa"),
+        **{
+            k: info[k]
+            for k in ("checkpoint", "checkpoint_sha256", "source", "weights", "epoch", "run_dir")
+        },
+        "dataset": dataset,
+        "split": "test",
+        "threat_model": "Linf",
+        "eps": eps,
+        "eps_255": round(eps * 255, 3),
+        "step_size": cfg.step_size,
+        **{
+            k: info[k]
+            for k in (
+                "model",
+                "model_kwargs",
+                "num_classes",
+                "normalization",
+                "method",
+                "method_args",
+                "config_hash",
+            )
+        },
+        "n_test": result["n_test"],
+        "n_aa": result.get("n_aa"),
         "attack_settings": attack_settings(list(acc), eps, cfg.step_size),
-        "accuracy": acc, "summary_percent": summary,
-        **{k: result[k] for k in ("robust_gap", "autoattack", "curves", "background")
-           if k in result},
-        "sanity": sanity, "sanity_failed": [c["check"] for c in sanity if c["status"] == "warn"],
+        "accuracy": acc,
+        "summary_percent": summary,
+        **{
+            k: result[k]
+            for k in ("robust_gap", "autoattack", "curves", "background")
+            if k in result
+        },
+        "sanity": sanity,
+        "sanity_failed": [c["check"] for c in sanity if c["status"] == "warn"],
         "unreliable": any(c["status"] == "warn" for c in sanity),
-        "eval_config": asdict(cfg), "seed": cfg.seed, **environment(),
+        "eval_config": asdict(cfg),
+        "seed": cfg.seed,
+        **environment(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
     }
@@ -290,6 +467,7 @@ def plot_card_curves(card: dict[str, Any], png: Path) -> None:
 
     from .card import card_label
     from .curves import plot_curves
+
     try:
         plot_curves([(card_label(card), card["curves"])], png)
         card["curves"]["png"] = str(png)
@@ -307,7 +485,7 @@ def estimate_seconds(model, data: DataBundle, cfg: EvalConfig, device) -> float:
     b = min(32, n)
     x = data.test_x[:b].to(device).float().div(255).requires_grad_(True)
     model.eval()
-    torch.autograd.grad(model(x).sum(), x)   # warm-up
+    torch.autograd.grad(model(x).sum(), x)  # warm-up
     t = time.perf_counter()
     torch.autograd.grad(model(x).sum(), x)
     per_image = (time.perf_counter() - t) / b

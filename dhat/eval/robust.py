@@ -1,7 +1,8 @@
 """Accuracy under attack: per-image correctness of a model under an attack (or none)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -11,17 +12,25 @@ from ..modes import model_mode
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def correct_under(model, images: torch.Tensor, labels: torch.Tensor, attack: AttackFn | None, *,
-                  batch_size: int = 256, device="cpu", desc: str | None = None) -> torch.Tensor:
+def correct_under(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack: AttackFn | None,
+    *,
+    batch_size: int = 256,
+    device="cpu",
+    desc: str | None = None,
+) -> torch.Tensor:
     """(N,) bool: whether each image (uint8 (N,3,H,W) or float in [0,1]) is classified correctly
     after `attack` (None = clean). The model is evaluated in eval mode; its mode is restored."""
     out = []
     batches = range(0, len(labels), batch_size)
     with model_mode(model, "eval"):
         for i in tqdm(batches, desc=desc, leave=False, disable=desc is None):
-            x = images[i:i + batch_size].to(device)
+            x = images[i : i + batch_size].to(device)
             x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            y = labels[i:i + batch_size].to(device)
+            y = labels[i : i + batch_size].to(device)
             if attack is not None:
                 x = attack(model, x, y)
             with torch.no_grad():

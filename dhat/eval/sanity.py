@@ -15,6 +15,7 @@ Checks on the results:
   aa_flags          AutoAttack's own checks logged a warning
   curves            accuracy rising with ε or with PGD steps
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..attacks.spec import AttackSpec
 from ..modes import frozen_params, model_mode
-from .attack_spec import AttackSpec
 from .robust import correct_under
 
 DOC = "docs/sanity_checks.md"
@@ -38,8 +39,13 @@ class SanityWarning(UserWarning):
 
 def _result(check: str, ok: bool | None, message: str, **details) -> dict[str, Any]:
     status = "skipped" if ok is None else ("ok" if ok else "warn")
-    return {"check": check, "status": status, "message": message, "details": details,
-            "doc": f"{DOC}#{check}"}
+    return {
+        "check": check,
+        "status": status,
+        "message": message,
+        "details": details,
+        "doc": f"{DOC}#{check}",
+    }
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +56,22 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 def check_train_mode(model) -> dict:
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
     if training:
-        stateful = [n for n, m in model.named_modules() if m.training and isinstance(
-            m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout))]
-        return _result("train_mode", False,
-                       f"the model was handed over in train mode ({len(training)} modules, e.g. "
-                       f"{training[0]!r}); BatchNorm would use batch statistics and update its "
-                       "running stats, dropout would be random. dhat evaluates in eval mode; call "
-                       "model.eval() wherever else you evaluate it",
-                       n_modules=len(training), batchnorm_or_dropout=stateful[:5])
+        stateful = [
+            n
+            for n, m in model.named_modules()
+            if m.training
+            and isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout))
+        ]
+        return _result(
+            "train_mode",
+            False,
+            f"the model was handed over in train mode ({len(training)} modules, e.g. "
+            f"{training[0]!r}); BatchNorm would use batch statistics and update its "
+            "running stats, dropout would be random. dhat evaluates in eval mode; call "
+            "model.eval() wherever else you evaluate it",
+            n_modules=len(training),
+            batchnorm_or_dropout=stateful[:5],
+        )
     return _result("train_mode", True, "model in eval mode")
 
 
@@ -73,17 +87,31 @@ def check_deterministic(model, x: torch.Tensor, device="cpu", rtol: float = 5e-3
     repeat = ((a - b).abs().max() / scale).item()
     batch = ((a[:1] - alone).abs().max() / scale).item()
     if repeat > rtol:
-        return _result("deterministic", False,
-                       f"the same input gives different logits in eval mode (relative difference "
-                       f"{repeat:.2g}): a randomised defence; evaluate with EOT / AutoAttack "
-                       "version='rand', and expect restarts to disagree", repeat=repeat, batch=batch)
+        return _result(
+            "deterministic",
+            False,
+            f"the same input gives different logits in eval mode (relative difference "
+            f"{repeat:.2g}): a randomised defence; evaluate with EOT / AutoAttack "
+            "version='rand', and expect restarts to disagree",
+            repeat=repeat,
+            batch=batch,
+        )
     if batch > rtol:
-        return _result("deterministic", False,
-                       f"an image's logits depend on the rest of its batch (relative difference "
-                       f"{batch:.2g}) in eval mode: batch statistics are in use", repeat=repeat,
-                       batch=batch)
-    return _result("deterministic", True, "same logits on repeat and alone vs in a batch",
-                   repeat=repeat, batch=batch)
+        return _result(
+            "deterministic",
+            False,
+            f"an image's logits depend on the rest of its batch (relative difference "
+            f"{batch:.2g}) in eval mode: batch statistics are in use",
+            repeat=repeat,
+            batch=batch,
+        )
+    return _result(
+        "deterministic",
+        True,
+        "same logits on repeat and alone vs in a batch",
+        repeat=repeat,
+        batch=batch,
+    )
 
 
 @torch.no_grad()
@@ -95,13 +123,22 @@ def check_probabilities(model, x: torch.Tensor, device="cpu", tol: float = 1e-4)
     sums = out.sum(1)
     sum_one = bool(((sums - 1).abs() < tol * out.shape[1]).all())
     if in_range and sum_one:
-        return _result("probabilities", False,
-                       "the model returns probabilities (outputs in [0, 1], rows sum to 1), not "
-                       "logits: cross-entropy on them saturates, so gradient attacks are weakened "
-                       "and robustness is over-reported; return logits",
-                       min=out.min().item(), max=out.max().item())
-    return _result("probabilities", True, "outputs are logits (not in [0, 1] summing to 1)",
-                   min=out.min().item(), max=out.max().item())
+        return _result(
+            "probabilities",
+            False,
+            "the model returns probabilities (outputs in [0, 1], rows sum to 1), not "
+            "logits: cross-entropy on them saturates, so gradient attacks are weakened "
+            "and robustness is over-reported; return logits",
+            min=out.min().item(),
+            max=out.max().item(),
+        )
+    return _result(
+        "probabilities",
+        True,
+        "outputs are logits (not in [0, 1] summing to 1)",
+        min=out.min().item(),
+        max=out.max().item(),
+    )
 
 
 def check_zero_gradients(model, x: torch.Tensor, y: torch.Tensor, device="cpu") -> dict:
@@ -112,37 +149,72 @@ def check_zero_gradients(model, x: torch.Tensor, y: torch.Tensor, device="cpu") 
         try:
             (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
         except RuntimeError as e:  # no path from the input to the loss at all
-            return _result("zero_gradients", False, f"no input gradient can be computed ({e})",
-                           n_zero=len(y), n=len(y))
+            return _result(
+                "zero_gradients",
+                False,
+                f"no input gradient can be computed ({e})",
+                n_zero=len(y),
+                n=len(y),
+            )
     if grad is None:
         grad = torch.zeros_like(x)
     per_image = grad.flatten(1).abs().sum(1)
     zero = int((per_image == 0).sum())
     nonfinite = int((~torch.isfinite(grad.flatten(1))).any(1).sum())
     if zero or nonfinite:
-        return _result("zero_gradients", False,
-                       f"{zero} of {len(y)} images have an exactly zero input gradient"
-                       + (f" and {nonfinite} a non-finite one" if nonfinite else "")
-                       + ": gradient attacks cannot move them (non-differentiable or saturating "
-                         "layers, gradient masking); robustness measured by PGD is unreliable",
-                       n_zero=zero, n_nonfinite=nonfinite, n=len(y))
-    return _result("zero_gradients", True, f"all {len(y)} input gradients non-zero and finite",
-                   n_zero=0, n=len(y))
+        return _result(
+            "zero_gradients",
+            False,
+            f"{zero} of {len(y)} images have an exactly zero input gradient"
+            + (f" and {nonfinite} a non-finite one" if nonfinite else "")
+            + ": gradient attacks cannot move them (non-differentiable or saturating "
+            "layers, gradient masking); robustness measured by PGD is unreliable",
+            n_zero=zero,
+            n_nonfinite=nonfinite,
+            n=len(y),
+        )
+    return _result(
+        "zero_gradients",
+        True,
+        f"all {len(y)} input gradients non-zero and finite",
+        n_zero=0,
+        n=len(y),
+    )
 
 
-def check_large_eps(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch_size=256,
-                    device="cpu", seed: int = 0, threshold: float = 0.1) -> dict:
+def check_large_eps(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    batch_size=256,
+    device="cpu",
+    seed: int = 0,
+    threshold: float = 0.1,
+) -> dict:
     big = min(1.0, max(LARGE_EPS, 4 * eps))
     torch.manual_seed(seed)
     attack = AttackSpec("ce", 20, big, big / 4)
-    acc = correct_under(model, x, y, attack, batch_size=batch_size, device=device).float().mean().item()
+    acc = (
+        correct_under(model, x, y, attack, batch_size=batch_size, device=device)
+        .float()
+        .mean()
+        .item()
+    )
     detail = dict(eps_255=round(big * 255, 2), accuracy=acc, n=len(y), threshold=threshold)
     if acc > threshold:
-        return _result("large_eps", False,
-                       f"accuracy is still {100 * acc:.1f}% under PGD-20 at ε = {big * 255:.0f}/255, "
-                       "where images can be turned into other classes' images: the attack is not "
-                       "reaching the model (gradient masking, obfuscation or a bug)", **detail)
-    return _result("large_eps", True, f"accuracy {100 * acc:.1f}% at ε = {big * 255:.0f}/255", **detail)
+        return _result(
+            "large_eps",
+            False,
+            f"accuracy is still {100 * acc:.1f}% under PGD-20 at ε = {big * 255:.0f}/255, "
+            "where images can be turned into other classes' images: the attack is not "
+            "reaching the model (gradient masking, obfuscation or a bug)",
+            **detail,
+        )
+    return _result(
+        "large_eps", True, f"accuracy {100 * acc:.1f}% at ε = {big * 255:.0f}/255", **detail
+    )
 
 
 # ----------------------------------------------------------------------------- result checks
@@ -160,16 +232,25 @@ def check_more_steps(correct10: torch.Tensor, correct50: torch.Tensor) -> dict:
     b, c, bad = _paired_excess(correct10, correct50)
     detail = dict(pgd10=a10, pgd50=a50, n=n, robust_only_to_50=b, robust_only_to_10=c)
     if bad:
-        return _result("more_steps", False,
-                       f"PGD-50 leaves {100 * a50:.1f}% accuracy, more than PGD-10's {100 * a10:.1f}% "
-                       f"({b} images survive 50 steps but not 10): a stronger attack must not do "
-                       "worse; the loss surface is masked or the model is randomised/stateful", **detail)
-    return _result("more_steps", True, f"PGD-50 {100 * a50:.1f}% <= PGD-10 {100 * a10:.1f}% (within noise)",
-                   **detail)
+        return _result(
+            "more_steps",
+            False,
+            f"PGD-50 leaves {100 * a50:.1f}% accuracy, more than PGD-10's {100 * a10:.1f}% "
+            f"({b} images survive 50 steps but not 10): a stronger attack must not do "
+            "worse; the loss surface is masked or the model is randomised/stateful",
+            **detail,
+        )
+    return _result(
+        "more_steps",
+        True,
+        f"PGD-50 {100 * a50:.1f}% <= PGD-10 {100 * a10:.1f}% (within noise)",
+        **detail,
+    )
 
 
-def check_aa_vs_pgd(correct: dict[str, torch.Tensor], aa_robust: torch.Tensor,
-                    threshold: float = 0.05) -> dict:
+def check_aa_vs_pgd(
+    correct: dict[str, torch.Tensor], aa_robust: torch.Tensor, threshold: float = 0.05
+) -> dict:
     """`correct`: per-image correctness under our gradient attacks (pgdK, cwK); `aa_robust`:
     per image robust to AutoAttack; compared on the images both were run on."""
     ours = {k: v for k, v in correct.items() if k.startswith(("pgd", "cw"))}
@@ -182,58 +263,95 @@ def check_aa_vs_pgd(correct: dict[str, torch.Tensor], aa_robust: torch.Tensor,
     b, c, _ = _paired_excess(aa, ours_all)  # b: robust to all of ours, fooled by AA
     gap = acc_ours - acc_aa
     noise = 2 * math.sqrt(b + c) / max(m, 1)
-    detail = dict(n=m, ours=acc_ours, autoattack=acc_aa, attacks=sorted(ours), gap=gap,
-                  threshold=threshold)
+    detail = dict(
+        n=m, ours=acc_ours, autoattack=acc_aa, attacks=sorted(ours), gap=gap, threshold=threshold
+    )
     if gap > max(threshold, noise):
-        return _result("aa_vs_pgd", False,
-                       f"AutoAttack leaves {100 * acc_aa:.1f}%, {100 * gap:.1f} points below our "
-                       f"PGD/CW ({100 * acc_ours:.1f}%, {', '.join(sorted(ours))}): PGD is weak or "
-                       "its gradients are masked; report AutoAttack, not PGD", **detail)
+        return _result(
+            "aa_vs_pgd",
+            False,
+            f"AutoAttack leaves {100 * acc_aa:.1f}%, {100 * gap:.1f} points below our "
+            f"PGD/CW ({100 * acc_ours:.1f}%, {', '.join(sorted(ours))}): PGD is weak or "
+            "its gradients are masked; report AutoAttack, not PGD",
+            **detail,
+        )
     if -gap > max(0.02, noise, 4 / max(m, 1)):
-        return _result("aa_vs_pgd", False,
-                       f"AutoAttack leaves {100 * acc_aa:.1f}%, {100 * -gap:.1f} points above our "
-                       f"PGD/CW ({100 * acc_ours:.1f}%): AutoAttack should be the stronger; check its "
-                       "input range/normalisation, or the model is randomised", **detail)
-    return _result("aa_vs_pgd", True, f"AutoAttack {100 * acc_aa:.1f}% vs PGD/CW {100 * acc_ours:.1f}% "
-                   f"(gap {100 * gap:.1f} points)", **detail)
+        return _result(
+            "aa_vs_pgd",
+            False,
+            f"AutoAttack leaves {100 * acc_aa:.1f}%, {100 * -gap:.1f} points above our "
+            f"PGD/CW ({100 * acc_ours:.1f}%): AutoAttack should be the stronger; check its "
+            "input range/normalisation, or the model is randomised",
+            **detail,
+        )
+    return _result(
+        "aa_vs_pgd",
+        True,
+        f"AutoAttack {100 * acc_aa:.1f}% vs PGD/CW {100 * acc_ours:.1f}% "
+        f"(gap {100 * gap:.1f} points)",
+        **detail,
+    )
 
 
 def check_aa_flags(messages: list[str]) -> dict:
     """AutoAttack's own checks (zero gradients, randomness, probabilities, Square beating the
     gradient attacks, ...), as it logs them."""
     if messages:
-        return _result("aa_flags", False, "AutoAttack's own checks flagged: " + " | ".join(messages),
-                       messages=messages)
+        return _result(
+            "aa_flags",
+            False,
+            "AutoAttack's own checks flagged: " + " | ".join(messages),
+            messages=messages,
+        )
     return _result("aa_flags", True, "AutoAttack's own checks raised nothing")
 
 
 def check_curves(curves: dict) -> dict:
     from .curves import monotone_violations
+
     bad = monotone_violations(curves)
     if bad:
-        return _result("curves", False, "; ".join(bad) + ": accuracy must fall with the budget and "
-                       "with attack steps", violations=bad)
+        return _result(
+            "curves",
+            False,
+            "; ".join(bad) + ": accuracy must fall with the budget and with attack steps",
+            violations=bad,
+        )
     return _result("curves", True, "accuracy falls with ε and with PGD steps (within noise)")
 
 
 # ----------------------------------------------------------------------------- driver
-def run_sanity_checks(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float = 2 / 255,
-                      n: int = 100, batch_size: int = 256, device="cpu", seed: int = 0,
-                      correct: dict[str, torch.Tensor] | None = None,
-                      aa_robust: torch.Tensor | None = None, aa_warnings: list[str] | None = None,
-                      curves: dict | None = None,
-                      train_mode: dict | None = None, warn: bool = True) -> list[dict]:
+def run_sanity_checks(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float = 2 / 255,
+    n: int = 100,
+    batch_size: int = 256,
+    device="cpu",
+    seed: int = 0,
+    correct: dict[str, torch.Tensor] | None = None,
+    aa_robust: torch.Tensor | None = None,
+    aa_warnings: list[str] | None = None,
+    curves: dict | None = None,
+    train_mode: dict | None = None,
+    warn: bool = True,
+) -> list[dict]:
     """All checks. Model checks run on the first `n` of x (uint8 or float in [0, 1]). `correct`
     (per-image correctness from the main evaluation, by attack name) is reused for PGD-10 vs
     PGD-50 when it has both; `aa_robust` / `curves` enable those checks. `train_mode` is a
     check_train_mode result taken earlier (before anything changed the model's mode)."""
     correct = correct or {}
     xs, ys = x[:n], y[:n]
-    out = [train_mode or check_train_mode(model),
-           check_deterministic(model, xs, device),
-           check_probabilities(model, xs, device),
-           check_zero_gradients(model, xs, ys, device),
-           check_large_eps(model, xs, ys, eps=eps, batch_size=batch_size, device=device, seed=seed)]
+    out = [
+        train_mode or check_train_mode(model),
+        check_deterministic(model, xs, device),
+        check_probabilities(model, xs, device),
+        check_zero_gradients(model, xs, ys, device),
+        check_large_eps(model, xs, ys, eps=eps, batch_size=batch_size, device=device, seed=seed),
+    ]
     if "pgd10" in correct and "pgd50" in correct:
         c10, c50 = correct["pgd10"], correct["pgd50"]
     else:
@@ -244,17 +362,29 @@ def run_sanity_checks(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, st
             c.append(correct_under(model, xs, ys, attack, batch_size=batch_size, device=device))
         c10, c50 = c
     out.append(check_more_steps(c10, c50))
-    out.append(check_aa_vs_pgd(correct, aa_robust) if aa_robust is not None else
-               _result("aa_vs_pgd", None, "AutoAttack not run (add 'aa' to --attacks)"))
-    out.append(check_aa_flags(aa_warnings or []) if aa_robust is not None else
-               _result("aa_flags", None, "AutoAttack not run"))
-    out.append(check_curves(curves) if curves is not None else
-               _result("curves", None, "curves not computed (--curves)"))
+    out.append(
+        check_aa_vs_pgd(correct, aa_robust)
+        if aa_robust is not None
+        else _result("aa_vs_pgd", None, "AutoAttack not run (add 'aa' to --attacks)")
+    )
+    out.append(
+        check_aa_flags(aa_warnings or [])
+        if aa_robust is not None
+        else _result("aa_flags", None, "AutoAttack not run")
+    )
+    out.append(
+        check_curves(curves)
+        if curves is not None
+        else _result("curves", None, "curves not computed (--curves)")
+    )
     if warn:
         for r in out:
             if r["status"] == "warn":
-                warnings.warn(f"sanity check '{r['check']}' FAILED: {r['message']} (see {r['doc']})",
-                              SanityWarning, stacklevel=2)
+                warnings.warn(
+                    f"sanity check '{r['check']}' FAILED: {r['message']} (see {r['doc']})",
+                    SanityWarning,
+                    stacklevel=2,
+                )
     return out
 
 

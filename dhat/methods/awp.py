@@ -2,7 +2,7 @@
 NeurIPS 2020; official code csdongxian/AWP@a7acf5d) as a wrapper around any method.
 
 The paper minimises max_v ρ(w + v) under a layer-wise bound ‖v_l‖ ≤ γ‖w_l‖ (ρ its Eq. 1, the
-robust loss; the constraint form is the spec's reading, unverified); the official code takes
+robust loss; the constraint form is our reading, unverified); the official code takes
 one proxy step from v = 0 (utils_awp.py:5-55), implemented here. Per batch, on the base
 method's inputs (made once, at w):
   1. proxy ← copy of the model (parameters and buffers), train mode;
@@ -11,9 +11,10 @@ method's inputs (made once, at w):
      that has more than one dimension (conv and linear weights; Frobenius norms per tensor);
   4. w ← w + γ·d, and the loss returned is L_base at w + γd;
   5. after `optimizer.step()`: w ← w − γ·d (`after_step`).
-The proxy loss is minus the base method's own objective (the spec's generic form): it gives
+The proxy loss is minus the base method's own objective (the generic form): it gives
 AT-AWP (−CE on x′) and TRADES-AWP (−TRADES) exactly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,7 +51,8 @@ class AWP(Method):
 
     Options are AWP's own plus the base method's: `TradesAWP(gamma=0.01, beta=5)` (or
     `create_method("trades_awp", gamma=0.01, beta=5)`) routes `beta` to the base; or pass a
-    built method, `AWP(base=create_method("mart"), gamma=0.005)`. Known differences from the official code: the AT-AWP script's clean
+    built method, `AWP(base=create_method("mart"), gamma=0.005)`. Known differences from the
+    official code: the AT-AWP script's clean
     train-mode forward after each step (for logging only) is not made, and its attack runs in
     train mode also on the first batch of each epoch (the official one: eval mode there).
     The restore is exact: w ← w + (w_stepped − (w + γd)), which equals w_stepped − γd and
@@ -62,20 +64,28 @@ class AWP(Method):
     name = "awp"
     base_method: ClassVar[str] = "pgd_at"
     base: Method | None = None
-    gamma: float = option(0.01, "AWP's relative weight-perturbation size γ (0 = off)",
-                          range=NONNEG)
+    gamma: float = option(0.01, "AWP's relative weight-perturbation size γ (0 = off)", range=NONNEG)
     proxy_lr: float = option(0.01, "learning rate of the proxy's one ascent step", range=NONNEG)
-    warmup: int = option(0, "epochs (0-based) trained with the plain base method first",
-                         range=NONNEG)
+    warmup: int = option(
+        0, "epochs (0-based) trained with the plain base method first", range=NONNEG
+    )
 
     def __init__(self, base: Method | None = None, **options):
         for key, spec in self.own_specs().items():
             setattr(self, key, options.pop(key, spec.default))
         if base is not None and options:
-            raise TypeError(f"options {sorted(options)} are for the base method; "
-                            "pass them to it, not to AWP")
+            raise TypeError(
+                f"options {sorted(options)} are for the base method; pass them to it, not to AWP"
+            )
         self.base = base if base is not None else create_method(self.base_method, **options)
-        self._proxy, self._saved = None, []
+        self._proxy: torch.nn.Module | None = None
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def _base(self) -> Method:
+        """The wrapped method (`base`, always set by `__init__`)."""
+        assert self.base is not None
+        return self.base
 
     @classmethod
     def own_specs(cls) -> dict[str, OptionSpec]:
@@ -86,17 +96,17 @@ class AWP(Method):
         return {**method_options(cls.base_method), **cls.own_specs()}
 
     def options(self):
-        return {**self.base.options(), **{k: getattr(self, k) for k in self.own_specs()}}
+        return {**self._base.options(), **{k: getattr(self, k) for k in self.own_specs()}}
 
     # --- the per-step work -------------------------------------------------------------
     def inputs(self, model, batch):
-        return self.base.inputs(model, batch)
+        return self._base.inputs(model, batch)
 
     def objective(self, model, batch, inputs):
         """The base objective at w + γd. Perturbs the weights; `after_step` restores them."""
         if self.gamma > 0 and self.epoch >= self.warmup:
             self.perturb(model, batch, inputs)
-        return self.base.objective(model, batch, inputs)
+        return self._base.objective(model, batch, inputs)
 
     def proxy_step(self, net, batch, inputs) -> torch.nn.Module:
         """The proxy after one SGD step on −L_base (no momentum, no weight decay)."""
@@ -106,7 +116,7 @@ class AWP(Method):
         else:
             self._proxy.load_state_dict(net.state_dict())
         proxy = self._proxy.train()
-        loss, _ = self.base.objective(proxy, batch, inputs)
+        loss, _ = self._base.objective(proxy, batch, inputs)
         self._proxy_opt.zero_grad(set_to_none=True)
         (-loss).backward()
         if dist.is_available() and dist.is_initialized():
@@ -134,29 +144,29 @@ class AWP(Method):
         for p, w, w_perturbed in self._saved:
             p.copy_(w + (p - w_perturbed))
         self._saved = []
-        self.base.after_step(model)
+        self._base.after_step(model)
 
     # --- the base method's hooks and state ---------------------------------------------
     def setup(self, info):
         super().setup(info)
-        self.base.setup(info)
+        self._base.setup(info)
         self._proxy, self._saved = None, []
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
-        self.base.start_epoch(epoch)
+        self._base.start_epoch(epoch)
 
     def end_epoch(self, model, epoch, stats):
-        return self.base.end_epoch(model, epoch, stats)
+        return self._base.end_epoch(model, epoch, stats)
 
     def extra_models(self):
-        return self.base.extra_models()
+        return self._base.extra_models()
 
     def state_dict(self):
-        return self.base.state_dict()
+        return self._base.state_dict()
 
     def load_state_dict(self, state):
-        self.base.load_state_dict(state)
+        self._base.load_state_dict(state)
 
 
 @register_method("trades_awp")
@@ -170,18 +180,20 @@ class TradesAWP(AWP):
 
     name = "trades_awp"
     base_method: ClassVar[str] = "trades"
-    gamma: float = option(0.005, "AWP's relative weight-perturbation size γ (0 = off)",
-                          range=NONNEG)
+    gamma: float = option(
+        0.005, "AWP's relative weight-perturbation size γ (0 = off)", range=NONNEG
+    )
     proxy_lr: float = option(0.1, "learning rate of the proxy's one ascent step", range=NONNEG)
-    warmup: int = option(9, "epochs (0-based) trained with the plain base method first",
-                         range=NONNEG)
+    warmup: int = option(
+        9, "epochs (0-based) trained with the plain base method first", range=NONNEG
+    )
 
 
 @register_method("dhat_awp")
 @dataclass(init=False)
 class DhatAWP(AWP):
-    """DHAT-AWP: the full DHAT loss under AWP (the spec: "DHAT loss computed under AWP's
-    weight perturbation"), official AT-AWP settings γ 0.01, proxy lr 0.01, warm-up 0. No code
+    """DHAT-AWP: the full DHAT loss under AWP ("DHAT loss computed under AWP's weight
+    perturbation"), official AT-AWP settings γ 0.01, proxy lr 0.01, warm-up 0. No code
     was published: the proxy loss here is −(DHAT loss); the DHAT authors' own AWP code
     (AdverRobust utils_AWP.py) uses −CE(proxy(x̂), y) and starts AWP at epoch 10."""
 

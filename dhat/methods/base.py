@@ -10,6 +10,7 @@ range), so the CLI, YAML files and `create_method(name, **options)` validate the
 Metrics are 0-d tensors on the training device, never Python floats: reading one is a
 host-device synchronisation, which the trainer does once per log interval, not per step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -33,6 +34,7 @@ class RunInfo:
     """What a method may need to know about the run (given once, in `setup`).
     `frozen_models`: modules the trainer loaded for options that name a checkpoint (e.g.
     DHAT's `cam_model`), by option name. `label_smoothing` applies to every CE training term."""
+
     num_classes: int
     num_train: int
     epochs: int
@@ -57,8 +59,9 @@ class Method:
         """Everything the loss needs that carries no parameter gradient (attacks, masks)."""
         return {}
 
-    def objective(self, model: nn.Module, batch: Batch,
-                  inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+    def objective(
+        self, model: nn.Module, batch: Batch, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
@@ -68,7 +71,7 @@ class Method:
         """Called after `optimizer.step()` (AWP restores the weights here)."""
 
     def end_epoch(self, model: nn.Module, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
-        """Called after validation; `stats` may hold `val_class_acc` (K,). Returns extra log fields."""
+        """Called after validation; `stats` may hold `val_class_acc` (K,); returns log fields."""
         return {}
 
     def extra_models(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -5,6 +5,7 @@ makes every BatchNorm layer normalise (and update its running statistics for) ea
 separately and in order, exactly as three separate forwards would. Convolutions and linear
 layers then see one larger batch, which is what can make it faster.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -25,9 +26,20 @@ def _chunked_bn(bn: nn.modules.batchnorm._BatchNorm, sizes: list[int]):
                 bn.num_batches_tracked.add_(1)
                 if momentum is None:  # cumulative moving average, as nn.BatchNorm does
                     momentum = 1.0 / float(bn.num_batches_tracked)
-            outs.append(F.batch_norm(part, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                     True, momentum or 0.0, bn.eps))
+            outs.append(
+                F.batch_norm(
+                    part,
+                    bn.running_mean,
+                    bn.running_var,
+                    bn.weight,
+                    bn.bias,
+                    True,
+                    momentum or 0.0,
+                    bn.eps,
+                )
+            )
         return torch.cat(outs)
+
     return forward
 
 
@@ -36,7 +48,7 @@ def per_part_batchnorm(model: nn.Module, sizes: list[int]):
     """Within the block, every BatchNorm in `model` treats its input as parts of `sizes`."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
-        bn.forward = _chunked_bn(bn, sizes)
+        bn.forward = _chunked_bn(bn, sizes)  # type: ignore[method-assign]  # undone in finally
     try:
         yield model
     finally:

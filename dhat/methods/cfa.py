@@ -7,11 +7,11 @@ x′ = PGD on the summed KL, gauss start (0.001), projection on ε_{y_i} (CCM), 
 AT mode (attack.py:33-72): CE(f(x′), y), x′ = PGD on CE from a uniform start in ±ε_{y_i}, BN
 in train mode. See `classwise` for R_c, ε_c, b_c and FAWA.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
 
 from ..modes import BNMode
 from ..schema import UNIT, option
@@ -43,8 +43,9 @@ class CFA(ClassWise, TRADES):
     mode: Literal["trades", "at"] = option("trades", "base loss: trades (CCR applies) or at")
     ccr: bool = option(True, "class-wise TRADES β (CCR) from epoch `begin`")
     ccr_lambda: float = option(0.5, "CCR's λ2 in β_c = (λ2 + R_c)·β", range=UNIT)
-    bn_mode: BNMode | None = option(None, "BatchNorm mode during the attack; None: eval for "
-                                          "trades, train for at")
+    bn_mode: BNMode | None = option(  # type: ignore[assignment]  # __post_init__ resolves None
+        None, "BatchNorm mode during the attack; None: eval for trades, train for at"
+    )
 
     def __post_init__(self):
         if self.mode not in ("trades", "at"):
@@ -73,7 +74,10 @@ class CFA(ClassWise, TRADES):
             ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target, self.info.label_smoothing)
             b = self.kl_weight(batch.y)
             loss = ((1 - b) * ce + b * kl).mean()
-            metrics = {"ce": ce.mean().detach(), "kl": kl.mean().detach(),
-                       "acc": accuracy(z_nat, batch.y)}
+            metrics = {
+                "ce": ce.mean().detach(),
+                "kl": kl.mean().detach(),
+                "acc": accuracy(z_nat, batch.y),
+            }
         self.record(z_adv, batch.y)
         return loss, {**metrics, "adv_acc": accuracy(z_adv, batch.y)}

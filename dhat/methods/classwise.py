@@ -9,6 +9,7 @@ Training", CVPR 2023; official code PKU-ML/CFA@071f333), shared by `cfa` and `dh
   averaged weights become a copy of the model the first time, then δ·avg + (1 − δ)·model,
   over every state-dict entry (train.py:236-258; utils.py:115-124).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,14 +33,17 @@ def class_beta_weight(R: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
     return beta_c / (1 + beta_c)
 
 
-def fawa_update(avg_state: dict[str, torch.Tensor] | None, model_state: dict[str, torch.Tensor],
-                decay: float) -> dict[str, torch.Tensor]:
+def fawa_update(
+    avg_state: dict[str, torch.Tensor] | None, model_state: dict[str, torch.Tensor], decay: float
+) -> dict[str, torch.Tensor]:
     """δ·avg + (1 − δ)·model per entry (integer buffers averaged in float, cast back by
     truncation as the official `load_state_dict` does); a copy of the model if avg is None."""
     if avg_state is None:
         return {k: v.detach().clone() for k, v in model_state.items()}
-    return {k: (avg_state[k] * decay + v.detach() * (1 - decay)).to(avg_state[k].dtype)
-            for k, v in model_state.items()}
+    return {
+        k: (avg_state[k] * decay + v.detach() * (1 - decay)).to(avg_state[k].dtype)
+        for k, v in model_state.items()
+    }
 
 
 @dataclass
@@ -57,8 +61,9 @@ class ClassWise(Adversarial):
     ccm_lambda: float = option(0.5, "CCM's λ1 in ε_c = (λ1 + R_c)·ε", range=UNIT)
     begin: int = option(10, "first epoch (0-based) of the class-wise calibration", range=NONNEG)
     fawa_decay: float = option(0.88, "FAWA's decay δ of the averaged weights", range=UNIT)
-    fawa_threshold: float = option(0.24, "FAWA's gate τ on the worst class's validation robust "
-                                         "accuracy", range=UNIT)
+    fawa_threshold: float = option(
+        0.24, "FAWA's gate τ on the worst class's validation robust accuracy", range=UNIT
+    )
 
     def setup(self, info):
         super().setup(info)
@@ -79,9 +84,17 @@ class ClassWise(Adversarial):
     def adversarial(self, model, batch):
         """x̂ = PGD on CE, uniform start in ±ε_{y_i}, projection on ε_{y_i}, BN in `bn_mode`
         (attack.py:33-72; the step size stays α)."""
-        return pgd(model, batch.x, batch.y, eps=self.sample_eps(batch.y),
-                   step_size=self.step_size, steps=self.steps, loss="ce", init="uniform",
-                   bn_mode=self.bn_mode)
+        return pgd(
+            model,
+            batch.x,
+            batch.y,
+            eps=self.sample_eps(batch.y),
+            step_size=self.step_size,
+            steps=self.steps,
+            loss="ce",
+            init="uniform",
+            bn_mode=self.bn_mode,
+        )
 
     def record(self, z_adv: torch.Tensor, y: torch.Tensor) -> None:
         """Count the training forward's correct adversarial predictions per class (no host
@@ -103,17 +116,31 @@ class ClassWise(Adversarial):
         gate = val is not None and len(val) > 0 and val.min().item() >= self.fawa_threshold
         if gate:
             self.fawa = fawa_update(self.fawa, model.state_dict(), self.fawa_decay)
-        return {**out, "train_class_acc_min": self.train_class_acc.min().item(),
-                "fawa_updated": gate, "class_eps_255": [round(255 * e, 4) for e in (
+        return {
+            **out,
+            "train_class_acc_min": self.train_class_acc.min().item(),
+            "fawa_updated": gate,
+            "class_eps_255": [
+                round(255 * e, 4)
+                for e in (
                     class_eps(self.train_class_acc, self.eps, self.ccm_lambda).tolist()
-                    if self.ccm and epoch + 1 >= self.begin else [self.eps] * len(self.hits))]}
+                    if self.ccm and epoch + 1 >= self.begin
+                    else [self.eps] * len(self.hits)
+                )
+            ],
+        }
 
     def extra_models(self):
         return {**super().extra_models(), **({"fawa": self.fawa} if self.fawa else {})}
 
     def state_dict(self):
-        return {**super().state_dict(), "train_class_acc": self.train_class_acc,
-                "hits": self.hits, "seen": self.seen, "fawa": self.fawa}
+        return {
+            **super().state_dict(),
+            "train_class_acc": self.train_class_acc,
+            "hits": self.hits,
+            "seen": self.seen,
+            "fawa": self.fawa,
+        }
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

@@ -4,6 +4,7 @@ Each loss term is one named function; `dhat_loss` composes Eq. (total) of the pa
 L = CE(ẑ, y) + λ1·L_DHLR(ž*, ẑ) + λ2·L_FLOE(ž, ž_B), ž* = ž − ž_B.
 Where the official code and the paper differ, both forms are here behind an option.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from .standard import Adversarial
 def dhlr_official(z_adv: torch.Tensor, z_star: torch.Tensor) -> torch.Tensor:
     """L_DHLR as the official code computes it (train.py:107): mean_i KL(φ(ẑ_i) ‖ φ(ž*_i)),
     i.e. `kl_div(log(softmax(ž*) + 1e-12), softmax(ẑ) + 1e-12, 'batchmean')`; nothing detached."""
-    return F.kl_div((F.softmax(z_star, 1) + 1e-12).log(), F.softmax(z_adv, 1) + 1e-12,
-                    reduction="batchmean")
+    return F.kl_div(
+        (F.softmax(z_star, 1) + 1e-12).log(), F.softmax(z_adv, 1) + 1e-12, reduction="batchmean"
+    )
 
 
 def dhlr_paper(z_adv: torch.Tensor, z_star: torch.Tensor) -> torch.Tensor:
@@ -81,16 +83,28 @@ class UIAT(Adversarial):
     eps_inv: float = option(8 / 255, "L-inf budget ε_inv of the inverse example x̌", budget=True)
     beta: float = option(3.5, "weight β of KL(φ(ẑ) ‖ φ(ž))", range=NONNEG)
     inverse_loss: Literal["official", "ce"] = option(
-        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce")
+        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce"
+    )
     hoist_forwards: bool = option(
-        False, "skip the authors' in-loop recomputation of f(x̂) and their post-step forward "
-               "(fewer forwards, same weights, different BN running statistics)")
+        False,
+        "skip the authors' in-loop recomputation of f(x̂) and their post-step forward "
+        "(fewer forwards, same weights, different BN running statistics)",
+    )
 
     def inputs(self, model, batch):
         x_adv = self.adversarial(model, batch)
-        x_inv = inverse_pgd(model, batch.x, batch.y, eps=self.eps_inv, step_size=self.step_size,
-                            steps=self.steps, loss=self.inverse_loss, x_adv=x_adv,
-                            bn_mode=self.bn_mode, recompute_adv=not self.hoist_forwards)
+        x_inv = inverse_pgd(
+            model,
+            batch.x,
+            batch.y,
+            eps=self.eps_inv,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss=self.inverse_loss,
+            x_adv=x_adv,
+            bn_mode=self.bn_mode,
+            recompute_adv=not self.hoist_forwards,
+        )
         self._post_step_x = None if self.hoist_forwards else x_adv
         return {"x_adv": x_adv, "x_inv": x_inv}
 
@@ -100,8 +114,12 @@ class UIAT(Adversarial):
         ce = self.ce(z_adv, batch.y)
         kl = F.kl_div(F.log_softmax(z_inv, 1), F.softmax(z_adv, 1), reduction="batchmean")
         loss = ce + self.beta * kl
-        return loss, {"ce": ce.detach(), "kl": kl.detach(), "adv_acc": accuracy(z_adv, batch.y),
-                      "inv_acc": accuracy(z_inv, batch.y)}
+        return loss, {
+            "ce": ce.detach(),
+            "kl": kl.detach(),
+            "adv_acc": accuracy(z_adv, batch.y),
+            "inv_acc": accuracy(z_inv, batch.y),
+        }
 
     @torch.no_grad()
     def after_step(self, model):
@@ -126,32 +144,45 @@ class DHAT(Adversarial):
 
     name = "dhat"
     eps_inv: float = option(4 / 255, "L-inf budget ε_inv of the inverse example x̌", budget=True)
-    omega: float = option(0.1, "Grad-CAM threshold ω: pixels with M <= ω form the background "
-                               "image x̌_B", range=UNIT)
-    lambda1: float = option(1.0, "weight λ1 of the debiased high-confidence term L_DHLR",
-                            range=NONNEG)
-    lambda2: float = option(1.0, "weight λ2 of the foreground logit orthogonal term L_FLOE",
-                            range=NONNEG)
+    omega: float = option(
+        0.1, "Grad-CAM threshold ω: pixels with M <= ω form the background image x̌_B", range=UNIT
+    )
+    lambda1: float = option(
+        1.0, "weight λ1 of the debiased high-confidence term L_DHLR", range=NONNEG
+    )
+    lambda2: float = option(
+        1.0, "weight λ2 of the foreground logit orthogonal term L_FLOE", range=NONNEG
+    )
     dhlr: Literal["official", "paper"] = option(
-        "official", "L_DHLR form: official KL(φ(ẑ) ‖ φ(ž*)) or paper KL(φ(ž*) ‖ φ(ẑ)), ž* detached")
+        "official", "L_DHLR form: official KL(φ(ẑ) ‖ φ(ž*)) or paper KL(φ(ž*) ‖ φ(ẑ)), ž* detached"
+    )
     floe: Literal["official", "paper"] = option(
-        "official", "L_FLOE form: official (+, batch-coupled) or paper (−sin∠(ž, ž_B))")
+        "official", "L_FLOE form: official (+, batch-coupled) or paper (−sin∠(ž, ž_B))"
+    )
     inverse_loss: Literal["official", "ce"] = option(
-        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce")
-    cam_model: str = option("self", "Grad-CAM network: 'self' or the path of a --method "
-                                    "standard checkpoint (the official frozen network)",
-                            kind="checkpoint")
-    cam_layer: str = option("", "Grad-CAM layer (dotted path; empty = the CAM model's last "
-                                "convolutional stage)")
-    batched_forward: bool = option(False, "compute ẑ, ž, ž_B in one pass with per-part "
-                                          "BatchNorm (identical to three passes)")
+        "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce"
+    )
+    cam_model: str = option(
+        "self",
+        "Grad-CAM network: 'self' or the path of a --method "
+        "standard checkpoint (the official frozen network)",
+        kind="checkpoint",
+    )
+    cam_layer: str = option(
+        "", "Grad-CAM layer (dotted path; empty = the CAM model's last convolutional stage)"
+    )
+    batched_forward: bool = option(
+        False, "compute ẑ, ž, ž_B in one pass with per-part BatchNorm (identical to three passes)"
+    )
 
     def setup(self, info):
         super().setup(info)
         self._cam_net = info.frozen_models.get("cam_model")
         if self.cam_model != "self" and self._cam_net is None:
-            raise UserError(f"DHAT: cam_model {self.cam_model!r} was not loaded; pass the frozen "
-                            "network in RunInfo.frozen_models['cam_model'] (the trainer does)")
+            raise UserError(
+                f"DHAT: cam_model {self.cam_model!r} was not loaded; pass the frozen "
+                "network in RunInfo.frozen_models['cam_model'] (the trainer does)"
+            )
 
     def mask(self, model, batch):
         """Grad-CAM M (B, 1, H, W) of natural x for the true label (constant)."""
@@ -161,11 +192,18 @@ class DHAT(Adversarial):
     def inputs(self, model, batch):
         keep = background_mask(self.mask(model, batch), self.omega)
         x_adv = self.adversarial(model, batch)
-        x_inv = inverse_pgd(model, batch.x, batch.y, eps=self.eps_inv, step_size=self.step_size,
-                            steps=self.steps, loss=self.inverse_loss, x_adv=x_adv,
-                            bn_mode=self.bn_mode)
-        return {"x_adv": x_adv, "x_inv": x_inv, "x_bg": x_inv * keep,
-                "fg_frac": 1.0 - keep.mean()}
+        x_inv = inverse_pgd(
+            model,
+            batch.x,
+            batch.y,
+            eps=self.eps_inv,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss=self.inverse_loss,
+            x_adv=x_adv,
+            bn_mode=self.bn_mode,
+        )
+        return {"x_adv": x_adv, "x_inv": x_inv, "x_bg": x_inv * keep, "fg_frac": 1.0 - keep.mean()}
 
     def objective(self, model, batch, inputs):
         xs = [inputs["x_adv"], inputs["x_inv"], inputs["x_bg"]]
@@ -181,6 +219,11 @@ class DHAT(Adversarial):
         dhlr = DHLR[self.dhlr](z_adv, z_inv - z_bg)
         floe = FLOE[self.floe](z_inv, z_bg)
         loss = ce + self.lambda1 * dhlr + self.lambda2 * floe
-        return loss, {"ce": ce.detach(), "dhlr": dhlr.detach(), "floe": floe.detach(),
-                      "adv_acc": accuracy(z_adv, y), "inv_acc": accuracy(z_inv, y),
-                      "fg_frac": inputs["fg_frac"].detach()}
+        return loss, {
+            "ce": ce.detach(),
+            "dhlr": dhlr.detach(),
+            "floe": floe.detach(),
+            "adv_acc": accuracy(z_adv, y),
+            "inv_acc": accuracy(z_inv, y),
+            "fg_frac": inputs["fg_frac"].detach(),
+        }

@@ -6,6 +6,7 @@ previous epoch's per-class training robust accuracy on x̂) + FAWA. There is no 
 no TRADES term. (The DHAT authors' own "CFA" baseline is PGD-AT with a CW-margin attack,
 most likely a misreading of CFA's "cw_" = class-wise prefix.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

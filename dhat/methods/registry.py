@@ -1,7 +1,9 @@
 """Method registry and factory: `create_method("dhat", dhlr="paper")`."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import unknown_name
 from ..schema import OptionSpec, Where, coerce, specs
@@ -12,9 +14,11 @@ _METHODS: dict[str, Callable[..., Method]] = {}
 
 def register_method(name: str):
     """Register a Method dataclass (or a class with `option_specs()`) under `name`."""
+
     def wrap(cls):
         _METHODS[name] = cls
         return cls
+
     return wrap
 
 
@@ -31,16 +35,20 @@ def method_options(name: str) -> dict[str, OptionSpec]:
     return own() if own is not None else specs(target)  # type: ignore[arg-type]  # a dataclass
 
 
-def check_method_options(name: str, options: dict[str, Any],
-                         where: Where = Where()) -> dict[str, Any]:
+def check_method_options(
+    name: str, options: dict[str, Any], where: Where = Where()
+) -> dict[str, Any]:
     """`options` typed and range-checked against the method's options; an unknown name gets
     the nearest valid one."""
     valid = method_options(name)
     out = {}
     for key, value in options.items():
         if key not in valid:
-            raise unknown_name(f"option of method '{name}'", where.key(key),
-                               [where.key(k) for k in valid if valid[k].flag])
+            raise unknown_name(
+                f"option of method '{name}'",
+                where.key(key),
+                [where.key(k) for k in valid if valid[k].flag],
+            )
         out[key] = coerce(valid[key], value, where.key(key))
     return out
 

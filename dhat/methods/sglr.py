@@ -10,9 +10,11 @@ w = `clean_weight`. Gradient flows only through log p(x′). The paper writes th
 label as an EMA of the model's own predictions mixed with the hard label (its exact
 equation and constants are unverified); the code form is implemented.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,14 +27,20 @@ from .registry import register_method
 from .standard import Adversarial
 
 
-def refine_labels(rows: torch.Tensor, p_clean: torch.Tensor, p_adv: torch.Tensor, alpha: float,
-                  clean_weight: float) -> torch.Tensor:
+def refine_labels(
+    rows: torch.Tensor,
+    p_clean: torch.Tensor,
+    p_adv: torch.Tensor,
+    alpha: float,
+    clean_weight: float,
+) -> torch.Tensor:
     """α·Q + (1 − α)·(w·p̄(x) + (1 − w)·p̄(x′)) (loss.py:97-98, w = 0.2)."""
     return alpha * rows + (1 - alpha) * (clean_weight * p_clean + (1 - clean_weight) * p_adv)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """mean_i Σ_c −target_ic · log softmax(logits)_ic; with label smoothing S the target is
     (1 − S)·target + S/K, as `F.cross_entropy` smooths probability targets."""
     if label_smoothing:
@@ -44,10 +52,12 @@ def gather_rows(index: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, 
     """Every rank's (index, rows), so that each rank's copy of the table stays identical."""
     if not (dist.is_available() and dist.is_initialized()):
         return index, rows
-    parts = [None] * dist.get_world_size()
+    parts: list[Any] = [None] * dist.get_world_size()  # filled with (index, rows) pairs
     dist.all_gather_object(parts, (index.cpu(), rows.cpu()))
-    return (torch.cat([i for i, _ in parts]).to(index.device),
-            torch.cat([r for _, r in parts]).to(rows.device))
+    return (
+        torch.cat([i for i, _ in parts]).to(index.device),
+        torch.cat([r for _, r in parts]).to(rows.device),
+    )
 
 
 @register_method("sglr")
@@ -64,10 +74,12 @@ class SGLR(Adversarial):
 
     name = "sglr"
     alpha: float = option(0.9, "EMA weight α of the soft-label table", range=UNIT)
-    es: int = option(90, "first epoch (0-based) of label refinement; plain PGD-AT before",
-                     range=NONNEG)
-    clean_weight: float = option(0.2, "weight w of p(x) (vs p(x′)) in the refined label",
-                                 range=UNIT)
+    es: int = option(
+        90, "first epoch (0-based) of label refinement; plain PGD-AT before", range=NONNEG
+    )
+    clean_weight: float = option(
+        0.2, "weight w of p(x) (vs p(x′)) in the refined label", range=UNIT
+    )
     bn_mode: BNMode = option("eval", "BatchNorm mode during the attack")
 
     def setup(self, info):
@@ -82,12 +94,13 @@ class SGLR(Adversarial):
         with torch.no_grad():
             p_clean = F.softmax(model(batch.x), 1)
             rows = self.soft_labels[batch.index]
-            fresh = (rows.sum(1) == 0)[:, None]   # a row not seen yet starts as one-hot(y)
+            fresh = (rows.sum(1) == 0)[:, None]  # a row not seen yet starts as one-hot(y)
             rows = torch.where(fresh, F.one_hot(batch.y, rows.shape[1]).to(rows.dtype), rows)
-            rows = refine_labels(rows, p_clean, F.softmax(z_adv.detach(), 1), self.alpha,
-                                 self.clean_weight)
+            rows = refine_labels(
+                rows, p_clean, F.softmax(z_adv.detach(), 1), self.alpha, self.clean_weight
+            )
             index, all_rows = gather_rows(batch.index, rows)
-            self.soft_labels[index] = all_rows
+            self.soft_labels[index] = all_rows.to(self.soft_labels.dtype)
         return rows
 
     def objective(self, model, batch, inputs):

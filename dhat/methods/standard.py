@@ -1,4 +1,5 @@
 """Standard (natural) training and PGD-AT (Madry et al., ICLR 2018)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from .registry import register_method
 @register_method("standard")
 @dataclass
 class Standard(Method):
-    """CE(f(x), y) on natural images. Also produces the frozen Grad-CAM model of the official DHAT."""
+    """CE(f(x), y) on natural images; also makes the official DHAT's frozen Grad-CAM model."""
 
     name = "standard"
 
@@ -36,8 +37,17 @@ class Adversarial(Method):
 
     def adversarial(self, model, batch):
         """x̂ = PGD-`steps` on CE(f(x̂), y) with a uniform start, BN in `bn_mode`."""
-        return pgd(model, batch.x, batch.y, eps=self.eps, step_size=self.step_size,
-                   steps=self.steps, loss="ce", init="uniform", bn_mode=self.bn_mode)
+        return pgd(
+            model,
+            batch.x,
+            batch.y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss="ce",
+            init="uniform",
+            bn_mode=self.bn_mode,
+        )
 
 
 @register_method("pgd_at")

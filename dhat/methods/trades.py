@@ -5,6 +5,7 @@ Objective (README.md:29 of the official code; trades.py:79-83):
 L = (1/B) Σ_i CE(f(x_i), y_i) + β · (1/B) Σ_i KL(p(x_i) ‖ p(x′_i)), nothing detached, with
 x′ = PGD on Σ_i KL(p(x_i) ‖ p(x′_i)) (p(x) fixed), start x + 0.001·N(0, I), BN in eval mode.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,15 +23,22 @@ from .registry import register_method
 from .standard import Adversarial
 
 
-def trades_terms(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor,
-                 z_target: torch.Tensor | None = None,
-                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def trades_terms(
+    z_nat: torch.Tensor,
+    z_adv: torch.Tensor,
+    y: torch.Tensor,
+    z_target: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (B,) CE(z_nat, y) and KL(softmax(z_target) ‖ softmax(z_adv)) summed over
     classes; z_target defaults to z_nat. Nothing is detached (as in the official code).
     `label_smoothing` applies to the CE term only."""
     z_target = z_nat if z_target is None else z_target
-    ce = (F.cross_entropy(z_nat, y, reduction="none", label_smoothing=label_smoothing)
-          if label_smoothing else F.cross_entropy(z_nat, y, reduction="none"))
+    ce = (
+        F.cross_entropy(z_nat, y, reduction="none", label_smoothing=label_smoothing)
+        if label_smoothing
+        else F.cross_entropy(z_nat, y, reduction="none")
+    )
     kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_target, 1), reduction="none").sum(1)
     return ce, kl
 
@@ -53,8 +61,11 @@ class TRADES(Adversarial):
     beta: float = option(6.0, "weight β of the KL robustness term", range=NONNEG)
     bn_mode: BNMode = option("eval", "BatchNorm mode during the attack")
     init: Init = option("gauss", "attack start: gauss (x + 0.001·N(0, I)), uniform or none")
-    extra_forward: bool = option(True, "the official third train-mode forward f(x) for the KL "
-                                       "target (same gradients, one more BN update)")
+    extra_forward: bool = option(
+        True,
+        "the official third train-mode forward f(x) for the KL "
+        "target (same gradients, one more BN update)",
+    )
 
     def kl_adversarial(self, model, batch, eps) -> torch.Tensor:
         """x′ = PGD-`steps` ascent on Σ_i KL(p(x_i) ‖ p(x′_i)); eps a float or (B,) tensor.
@@ -63,8 +74,18 @@ class TRADES(Adversarial):
         net = unwrap_parallel(model)
         with torch.no_grad(), model_mode(net, self.bn_mode):
             p_nat = F.softmax(net(batch.x), 1)
-        return pgd(model, batch.x, batch.y, eps=eps, step_size=self.step_size, steps=self.steps,
-                   loss="kl", p_ref=p_nat, init=self.init, bn_mode=self.bn_mode)
+        return pgd(
+            model,
+            batch.x,
+            batch.y,
+            eps=eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss="kl",
+            p_ref=p_nat,
+            init=self.init,
+            bn_mode=self.bn_mode,
+        )
 
     def inputs(self, model, batch):
         return {"x_adv": self.kl_adversarial(model, batch, self.eps)}
@@ -79,5 +100,9 @@ class TRADES(Adversarial):
         z_nat, z_adv, z_target = self.forwards(model, batch, inputs["x_adv"])
         ce, kl = trades_terms(z_nat, z_adv, batch.y, z_target, self.info.label_smoothing)
         loss = ce.mean() + self.beta * kl.mean()
-        return loss, {"ce": ce.mean().detach(), "kl": kl.mean().detach(),
-                      "acc": accuracy(z_nat, batch.y), "adv_acc": accuracy(z_adv, batch.y)}
+        return loss, {
+            "ce": ce.mean().detach(),
+            "kl": kl.mean().detach(),
+            "acc": accuracy(z_nat, batch.y),
+            "adv_acc": accuracy(z_adv, batch.y),
+        }

@@ -1,8 +1,31 @@
 """Models: a registry of image classifiers with normalisation inside."""
-from .base import CIFAR10_MEAN, CIFAR10_STD, Classifier
-from .registry import (cam_layer, create_model, list_models, register_model, unwrap,
-                       unwrap_parallel)
-from . import inception, preact_resnet, resnet, small_cnn, vgg, wide_resnet  # noqa: F401  (registration)
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "Classifier", "cam_layer", "create_model",
-           "list_models", "register_model", "unwrap", "unwrap_parallel"]
+from . import inception, preact_resnet, resnet, small_cnn, vgg, wide_resnet  # noqa: F401  (registration)
+from .base import CIFAR10_MEAN, CIFAR10_STD, NORMALIZATION, Classifier
+from .registry import (
+    ModelCfg,
+    ModelDefaults,
+    cam_layer,
+    create_model,
+    list_models,
+    model_defaults,
+    register_model,
+    unwrap,
+    unwrap_parallel,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "NORMALIZATION",
+    "Classifier",
+    "ModelCfg",
+    "ModelDefaults",
+    "cam_layer",
+    "create_model",
+    "list_models",
+    "model_defaults",
+    "register_model",
+    "unwrap",
+    "unwrap_parallel",
+]

@@ -1,13 +1,24 @@
 """The base of every model: input normalisation lives inside, so inputs are in [0, 1]."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel (mean, std) in [0, 1] units of the datasets whose statistics are fixed.
+NORMALIZATION = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 class Classifier(nn.Module):
@@ -19,9 +30,15 @@ class Classifier(nn.Module):
     """
 
     cam_layer: str = ""
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
-    def __init__(self, num_classes: int, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.num_classes = num_classes
         mean = CIFAR10_MEAN if mean is None else mean

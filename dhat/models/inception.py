@@ -5,6 +5,7 @@ follow torchvision's `inception_v3`; the auxiliary classifier is left out (a mod
 returns one logits tensor, and DDP wants every parameter used in each forward), and
 torchvision's `transform_input` is replaced by the normalisation inside the model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Classifier
-from .registry import register_model
+from .registry import IMAGENET, ModelCfg, register_model
 
 
 class BasicConv2d(nn.Module):
@@ -151,8 +152,9 @@ class InceptionV3(Classifier):
 
     cam_layer = "Mixed_7c"
 
-    def __init__(self, num_classes=10, variant="cifar", width_mult=1.0, dropout=0.5,
-                 mean=None, std=None):
+    def __init__(
+        self, num_classes=10, variant="cifar", width_mult=1.0, dropout=0.5, mean=None, std=None
+    ):
         super().__init__(num_classes, mean, std)
         if variant not in ("cifar", "imagenet"):
             raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
@@ -186,14 +188,32 @@ class InceptionV3(Classifier):
         self.fc = nn.Linear(self.Mixed_7c.out_channels, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.1 if isinstance(m, nn.Conv2d) else 0.01,
-                                      a=-2, b=2)
+                nn.init.trunc_normal_(
+                    m.weight, std=0.1 if isinstance(m, nn.Conv2d) else 0.01, a=-2, b=2
+                )
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    _STAGES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-               "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-               "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+    _STAGES = (
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+    )
 
     def logits(self, x):
         for name in self._STAGES:
@@ -202,7 +222,10 @@ class InceptionV3(Classifier):
         return self.fc(self.dropout(x))
 
 
-@register_model("inception_v3")
-def inception_v3(num_classes=10, mean=None, std=None, variant="cifar", width_mult=1.0,
-                 dropout=0.5):
+@register_model(
+    "inception_v3",
+    ModelCfg(cam_layer=InceptionV3.cam_layer),
+    variants={"imagenet": ModelCfg((3, 299, 299), InceptionV3.cam_layer, IMAGENET)},
+)
+def inception_v3(num_classes=10, mean=None, std=None, variant="cifar", width_mult=1.0, dropout=0.5):
     return InceptionV3(num_classes, variant, width_mult, dropout, mean, std)

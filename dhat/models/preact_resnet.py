@@ -1,11 +1,12 @@
 """PreActResNet-18 (He et al. 2016, identity mappings), CIFAR variant, with a width knob."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Classifier
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 
 class PreActBlock(nn.Module):
@@ -67,6 +68,6 @@ class PreActResNet(Classifier):
         return self.linear(out)
 
 
-@register_model("preact_resnet18")
+@register_model("preact_resnet18", ModelCfg(cam_layer=PreActResNet.cam_layer))
 def preact_resnet18(num_classes=10, mean=None, std=None, width=64):
     return PreActResNet((2, 2, 2, 2), num_classes, width, mean, std)

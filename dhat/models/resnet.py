@@ -3,13 +3,14 @@
 Parameter names follow the widespread CIFAR ResNet layout (`conv1`, `bn1`, `layer1..4`,
 `linear`), so third-party state dicts load with the buffers `mean`/`std` added.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Classifier
-from .registry import register_model
+from .registry import IMAGENET, ModelCfg, register_model
 
 
 class BasicBlock(nn.Module):
@@ -23,8 +24,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -46,8 +48,9 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out_planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -86,7 +89,7 @@ class ResNet(Classifier):
         return self.linear(out)
 
 
-@register_model("resnet18")
+@register_model("resnet18", ModelCfg(cam_layer=ResNet.cam_layer))
 def resnet18(num_classes=10, mean=None, std=None, width=64):
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, width, mean, std)
 
@@ -112,7 +115,11 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
 
 
-@register_model("resnet50")
+@register_model(
+    "resnet50",
+    ModelCfg(cam_layer=ResNet.cam_layer),
+    variants={"imagenet": ModelCfg((3, 224, 224), ResNet.cam_layer, IMAGENET)},
+)
 def resnet50(num_classes=10, mean=None, std=None, width=64, variant="cifar"):
     """ResNet-50 (Bottleneck, 3-4-6-3). `variant="cifar"`: 3x3 stride-1 stem, no max-pool (as
     the official DHAT code's CIFAR ResNets; 32 px -> 4x4 `layer4`); `"imagenet"`: 7x7/2 stem

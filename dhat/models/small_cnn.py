@@ -1,11 +1,12 @@
 """A small CNN for fast tests and CPU studies."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Classifier
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 
 class SmallCNN(Classifier):
@@ -29,14 +30,15 @@ class SmallCNN(Classifier):
                 return [nn.Conv2d(cin, cout, 3, stride, 1, bias=True), nn.ReLU()]
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-        self.features = nn.Sequential(*block(3, w, 1), *block(w, 2 * w, 2),
-                                      *block(2 * w, 4 * w, 2), *block(4 * w, 4 * w, 1))
+        self.features = nn.Sequential(
+            *block(3, w, 1), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2), *block(4 * w, 4 * w, 1)
+        )
         self.linear = nn.Linear(4 * w, num_classes)
 
     def logits(self, x):
         return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-@register_model("small_cnn")
+@register_model("small_cnn", ModelCfg(cam_layer=SmallCNN.cam_layer))
 def small_cnn(num_classes=10, mean=None, std=None, width=16, norm="bn"):
     return SmallCNN(num_classes, width, mean, std, norm)

@@ -5,19 +5,27 @@
 * `.pt`/`.pth`/`.ckpt` files are read with `torch.load(weights_only=True)` (no arbitrary
   unpickling); the common wrappers {'state_dict': ...}, {'model_state_dict': ...},
   {'model': ...}, {'net': ...} are unwrapped and the `module.` (DataParallel) and `_orig_mod.`
-  (torch.compile) prefixes stripped.
+  (torch.compile) prefixes stripped, and `model.` where the architecture has no such key
+  (RobustBench's `load_model` strips `module.` and `model.` alike).
 * `.safetensors` files are read with safetensors; a `dhat export` sidecar (same name, `.json`)
   supplies the architecture, its arguments and the class count when they are not given.
 * Key names are mapped onto ours where a known variant of the widespread CIFAR ResNet / WRN
   layout is used: `downsample` -> `shortcut`, `fc` <-> `linear`, `shortcut.conv/bn` ->
-  `shortcut.0/1`, WRN `blockN.layer.` -> `blockN.`, `convShortcut` -> `conv_shortcut`. A
-  rename is used only where it turns an unknown key into one the model has.
+  `shortcut.0/1`, WRN `blockN.layer.` -> `blockN.`, `convShortcut` -> `conv_shortcut`, and
+  the normalisation buffers `mu`/`sigma` of RobustBench's model wrappers -> `mean`/`std`. A
+  rename is used only where it turns an unknown key into one the model has. RobustBench's
+  (TRADES') WideResNet `sub_block1.*` is built but never used in its forward: it is dropped.
+  RobustBench's `PreActResNet` (with `bn_before_fc=True` and the shortcut on the activated
+  input: its `PreActBlockV2`) and `ResNet` already use our names. Its `PreActBlock` without
+  `out_shortcut` (Wong2020Fast) is another network with the same block keys; it lacks our
+  final `bn` and is refused for that.
 * Normalisation: our models normalise inside (`mean`/`std` buffers). A state dict without them
-  takes them from `normalization`: 'none' (mean 0, std 1: the model sees [0, 1] pixels),
-  'cifar10', 'cifar100', or 'M,M,M/S,S,S'.
+  takes them from `normalization`: 'none' (mean 0, std 1: the model sees [0, 1] pixels, as
+  RobustBench's bare architectures do), 'cifar10', 'cifar100', 'imagenet', or 'M,M,M/S,S,S'.
 * A state dict that does not fit raises a one-line UserError naming the first missing,
   unexpected or mis-shaped keys.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,14 +38,14 @@ import torch
 from ..errors import UserError
 from ..io import file_sha256
 from ..schema import Where, parse_number
+from .base import NORMALIZATION
 
-NORMALIZATIONS = {
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+NORMALIZATIONS = {"none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), **NORMALIZATION}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+OPTIONAL_PREFIXES = ("model.",)  # stripped unless the architecture has keys under it
+KEY_ALIASES = {"mu": "mean", "sigma": "std"}  # RobustBench wrappers' normalisation buffers
+UNUSED_PREFIXES = ("sub_block1.",)  # RobustBench's / TRADES' WRN: built, never in the forward
 # (old, new) substrings; a rename applies only where it yields a key the model has.
 RENAMES = (
     ("downsample.", "shortcut."),
@@ -53,17 +61,19 @@ SKIPPABLE = ("num_batches_tracked",)  # absent from state dicts saved by old PyT
 
 
 def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """'none' | 'cifar10' | 'cifar100' | 'M,M,M/S,S,S' (also 'M/S' for all channels)."""
+    """'none' | 'cifar10' | 'cifar100' | 'imagenet' | 'M,M,M/S,S,S' ('M/S': all channels)."""
     key = text.strip().lower()
     if key in NORMALIZATIONS:
         return NORMALIZATIONS[key]
     try:
-        mean_s, std_s = key.split("/") if key.count("/") == 1 else (None, None)
+        mean_s, std_s = key.split("/")
         mean = tuple(parse_number(v) for v in mean_s.split(","))
         std = tuple(parse_number(v) for v in std_s.split(","))
-    except (AttributeError, ValueError, UserError):
-        raise UserError(f"--normalization {text!r}: use none, cifar10, cifar100 or "
-                        "MEAN,MEAN,MEAN/STD,STD,STD (e.g. 0.5,0.5,0.5/0.25,0.25,0.25)") from None
+    except (ValueError, UserError):
+        raise UserError(
+            f"--normalization {text!r}: use none, cifar10, cifar100, imagenet or "
+            "MEAN,MEAN,MEAN/STD,STD,STD (e.g. 0.5,0.5,0.5/0.25,0.25,0.25)"
+        ) from None
     if len(mean) == 1:
         mean = mean * 3
     if len(std) == 1:
@@ -86,7 +96,11 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         meta = json.loads(side.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return meta if isinstance(meta, dict) and str(meta.get("format", "")).startswith("dhat-export") else {}
+    return (
+        meta
+        if isinstance(meta, dict) and str(meta.get("format", "")).startswith("dhat-export")
+        else {}
+    )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -96,15 +110,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
-            raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__})") from None
+            raise UserError(
+                f"{path} is not a readable safetensors file ({type(e).__name__})"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path} cannot be loaded weights-only ({type(e).__name__}); if it holds a "
-                        "pickled model object, re-save model.state_dict() with torch.save") from None
+        raise UserError(
+            f"{path} cannot be loaded weights-only ({type(e).__name__}); if it holds a "
+            "pickled model object, re-save model.state_dict() with torch.save"
+        ) from None
     for _ in range(3):  # nested wrappers, e.g. {'model': {'state_dict': ...}}
         if isinstance(obj, dict) and not _is_tensor_dict(obj):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -114,8 +133,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not _is_tensor_dict(obj):
         kind = type(obj).__name__
         keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else ""
-        raise UserError(f"{path} holds no state dict of tensors (a {kind}{': ' + keys if keys else ''}); "
-                        f"expected a state dict or one under {'/'.join(WRAPPER_KEYS)}")
+        raise UserError(
+            f"{path} holds no state dict of tensors (a {kind}{': ' + keys if keys else ''}); "
+            f"expected a state dict or one under {'/'.join(WRAPPER_KEYS)}"
+        )
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -123,56 +144,79 @@ def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) >= max(1, len(d) // 2)
 
 
-def _strip(key: str) -> str:
+def _strip(key: str, prefixes: tuple[str, ...] = STRIP_PREFIXES) -> str:
     changed = True
     while changed:
         changed = False
-        for p in STRIP_PREFIXES:
+        for p in prefixes:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key
 
 
-def map_keys(state: dict[str, torch.Tensor], target_keys) -> dict[str, torch.Tensor]:
-    """Rename the keys of a third-party state dict onto `target_keys` where a known variant fits."""
+def _rename(key: str, target: set[str]) -> str:
+    """`key` renamed onto a target key by an alias or a combination of RENAMES, else as is."""
+    if KEY_ALIASES.get(key) in target:
+        return KEY_ALIASES[key]
+    rules = [r for r in RENAMES if r[0] in key]
+    for n in range(1, len(rules) + 1):
+        for combo in itertools.combinations(rules, n):
+            k = key
+            for old, repl in combo:
+                k = k.replace(old, repl)
+            if k in target:
+                return k
+    return key
+
+
+def map_keys(
+    state: dict[str, torch.Tensor], target_keys
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Rename the keys of a third-party state dict onto `target_keys` where a known variant
+    fits -> (mapped state, {"renamed_keys": count, "dropped_keys": [unused keys left out]})."""
     target = set(target_keys)
-    state = {_strip(k): v for k, v in state.items()}
-    # one shared wrapper prefix ('model.', 'net.', ...) that no target key has: drop it
+    prefixes = STRIP_PREFIXES + tuple(
+        p for p in OPTIONAL_PREFIXES if not any(t.startswith(p) for t in target)
+    )
+    state = {_strip(k, prefixes): v for k, v in state.items()}
+    # one shared wrapper prefix ('net.', ...) that no target key has: drop it
     heads = {k.split(".", 1)[0] for k in state}
     if len(heads) == 1 and "." in next(iter(state)) and not any(k in target for k in state):
         head = next(iter(heads)) + "."
         if not any(t.startswith(head) for t in target):
-            state = {k[len(head):]: v for k, v in state.items()}
+            state = {k[len(head) :]: v for k, v in state.items()}
+    unused = tuple(p for p in UNUSED_PREFIXES if not any(t.startswith(p) for t in target))
+    dropped = [k for k in state if k.startswith(unused)]
     out: dict[str, torch.Tensor] = {}
+    renamed = 0
     for key, value in state.items():
-        new = key
-        if key not in target:
-            rules = [r for r in RENAMES if r[0] in key]
-            for n in range(1, len(rules) + 1):
-                hit = None
-                for combo in itertools.combinations(rules, n):
-                    k = key
-                    for old, repl in combo:
-                        k = k.replace(old, repl)
-                    if k in target:
-                        hit = k
-                        break
-                if hit:
-                    new = hit
-                    break
+        if key.startswith(unused):
+            continue
+        new = key if key in target else _rename(key, target)
+        renamed += new != key
         out[new] = value
-    return out
+    return out, {"renamed_keys": renamed, "dropped_keys": dropped}
 
 
-def fit_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict",
-                   normalization: str | None = None) -> dict[str, Any]:
+def fit_state_dict(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str = "state dict",
+    normalization: str | None = None,
+) -> dict[str, Any]:
     """Load `state` (keys already mapped) into `model`, filling `mean`/`std` from `normalization`
     where the state dict has none. One-line UserError if it does not fit."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(SKIPPABLE) and k not in ("mean", "std")]
+    missing = [
+        k for k in own if k not in state and not k.endswith(SKIPPABLE) and k not in ("mean", "std")
+    ]
     unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-              and k not in ("mean", "std")]
+    shapes = [
+        k
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape) and k not in ("mean", "std")
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -181,10 +225,15 @@ def fit_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, so
             parts.append(f"unexpected {len(unexpected)} keys, first: {', '.join(unexpected[:3])}")
         if shapes:
             k = shapes[0]
-            parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                         + (f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""))
-        raise UserError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts)
-                        + " (check --model, --num-classes and --model-arg, e.g. width=...)")
+            parts.append(
+                f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                + (f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else "")
+            )
+        raise UserError(
+            f"{source} does not fit {type(model).__name__}: "
+            + "; ".join(parts)
+            + " (check --model, --num-classes and --model-arg, e.g. width=...)"
+        )
     note = "from the state dict"
     has_norm = "mean" in state and "std" in state
     if normalization is not None:
@@ -192,18 +241,26 @@ def fit_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, so
         if has_norm:
             file_mean = tuple(round(v, 6) for v in state["mean"].flatten().tolist())
             file_std = tuple(round(v, 6) for v in state["std"].flatten().tolist())
-            if file_mean != tuple(round(v, 6) for v in mean) or file_std != tuple(round(v, 6) for v in std):
+            if file_mean != tuple(round(v, 6) for v in mean) or file_std != tuple(
+                round(v, 6) for v in std
+            ):
                 import warnings
-                warnings.warn(f"{source} holds mean={file_mean}, std={file_std}; --normalization "
-                              f"{normalization} overrides them", stacklevel=2)
+
+                warnings.warn(
+                    f"{source} holds mean={file_mean}, std={file_std}; --normalization "
+                    f"{normalization} overrides them",
+                    stacklevel=2,
+                )
         note = f"--normalization {normalization}"
     elif has_norm:
         mean = tuple(state["mean"].flatten().tolist())
         std = tuple(state["std"].flatten().tolist())
     else:
-        raise UserError(f"{source} holds no normalisation buffers (mean/std): pass --normalization "
-                        "none (the network sees [0, 1] pixels), cifar10, or MEAN,MEAN,MEAN/STD,STD,STD "
-                        "as the network was trained")
+        raise UserError(
+            f"{source} holds no normalisation buffers (mean/std): pass --normalization "
+            "none (the network sees [0, 1] pixels), cifar10, or MEAN,MEAN,MEAN/STD,STD,STD "
+            "as the network was trained"
+        )
     state = dict(state)
     state["mean"] = torch.tensor(mean, dtype=torch.float32).view_as(own["mean"])
     state["std"] = torch.tensor(std, dtype=torch.float32).view_as(own["std"])
@@ -222,13 +279,20 @@ def _infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def load_weights_file(path: str | Path, model_name: str | None = None, *, num_classes: int | None = None,
-                      model_args: dict[str, Any] | None = None, normalization: str | None = None,
-                      device: str | torch.device = "cpu"):
+def load_weights_file(
+    path: str | Path,
+    model_name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    model_args: dict[str, Any] | None = None,
+    normalization: str | None = None,
+    device: str | torch.device = "cpu",
+):
     """Build a registered architecture and load a plain state dict into it -> (model in eval
     mode, info). `model_name`/`num_classes`/`model_args` default to a `dhat export` sidecar's
     values; `num_classes` otherwise to the rows of the final linear layer."""
     from .registry import check_model_args, create_model, list_models
+
     path = Path(path)
     state = read_state_dict(path)
     meta = read_sidecar(path)
@@ -237,13 +301,23 @@ def load_weights_file(path: str | Path, model_name: str | None = None, *, num_cl
         raise UserError(f"pass --model NAME for {path} (one of: {', '.join(list_models())})")
     kwargs = dict(meta.get("kwargs", {})) if name == meta.get("architecture") else {}
     kwargs.update(check_model_args(name, dict(model_args or {}), Where(prefix="--model-arg ")))
-    n_cls = num_classes or (meta.get("num_classes") if name == meta.get("architecture") else None) \
-        or _infer_num_classes({_strip(k): v for k, v in state.items()}) or 10
+    n_cls = (
+        num_classes
+        or (meta.get("num_classes") if name == meta.get("architecture") else None)
+        or _infer_num_classes({_strip(k): v for k, v in state.items()})
+        or 10
+    )
     model = create_model(name, num_classes=n_cls, **kwargs)
-    mapped = map_keys(state, model.state_dict().keys())
+    mapped, renames = map_keys(state, model.state_dict().keys())
     norm = fit_state_dict(model, mapped, source=str(path), normalization=normalization)
-    info = {"weights_file": str(path), "sha256": file_sha256(path), "model": name,
-            "model_kwargs": kwargs, "num_classes": n_cls, **norm,
-            "renamed_keys": sum(1 for a, b in zip(state, mapped) if _strip(a) != b),
-            "sidecar": meta or None}
+    info = {
+        "weights_file": str(path),
+        "sha256": file_sha256(path),
+        "model": name,
+        "model_kwargs": kwargs,
+        "num_classes": n_cls,
+        **norm,
+        **renames,
+        "sidecar": meta or None,
+    }
     return model.to(device).eval(), info

@@ -1,11 +1,12 @@
 """WideResNet (Zagoruyko & Komodakis 2016) as used by TRADES/AWP, depth and width as parameters."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Classifier
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 
 class WideBlock(nn.Module):
@@ -19,8 +20,11 @@ class WideBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
         self.equal_in_out = in_planes == out_planes
-        self.conv_shortcut = None if self.equal_in_out else nn.Conv2d(
-            in_planes, out_planes, 1, stride, 0, bias=False)
+        self.conv_shortcut = (
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        )
 
     def forward(self, x):
         o = self.relu1(self.bn1(x))
@@ -29,11 +33,15 @@ class WideBlock(nn.Module):
         if self.drop_rate > 0:
             y = F.dropout(y, p=self.drop_rate, training=self.training)
         y = self.conv2(y)
-        return y + (x if self.equal_in_out else self.conv_shortcut(o))
+        if self.equal_in_out:
+            return y + x
+        assert self.conv_shortcut is not None  # made in __init__ when in != out
+        return y + self.conv_shortcut(o)
 
 
 class WideResNet(Classifier):
-    """WRN-depth-widen: (B, 3, H, W) in [0, 1] -> (B, C). Grad-CAM layer: `relu` (last stage, after BN)."""
+    """WRN-depth-widen: (B, 3, H, W) in [0, 1] -> (B, C). Grad-CAM layer: `relu` (the last
+    stage, after BN)."""
 
     cam_layer = "relu"
 
@@ -53,8 +61,12 @@ class WideResNet(Classifier):
 
     @staticmethod
     def _stage(cin, cout, n, stride, drop):
-        return nn.Sequential(*[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, drop)
-                               for i in range(n)])
+        return nn.Sequential(
+            *[
+                WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, drop)
+                for i in range(n)
+            ]
+        )
 
     def logits(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
@@ -62,16 +74,19 @@ class WideResNet(Classifier):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-@register_model("wide_resnet")
+CFG = ModelCfg(cam_layer=WideResNet.cam_layer)
+
+
+@register_model("wide_resnet", CFG)
 def wide_resnet(num_classes=10, mean=None, std=None, depth=28, widen=10, drop_rate=0.0):
     return WideResNet(depth, widen, num_classes, drop_rate, mean, std)
 
 
-@register_model("wrn_28_10")
+@register_model("wrn_28_10", CFG)
 def wrn_28_10(num_classes=10, mean=None, std=None, drop_rate=0.0):
     return WideResNet(28, 10, num_classes, drop_rate, mean, std)
 
 
-@register_model("wrn_34_10")
+@register_model("wrn_34_10", CFG)
 def wrn_34_10(num_classes=10, mean=None, std=None, drop_rate=0.0):
     return WideResNet(34, 10, num_classes, drop_rate, mean, std)

@@ -1,4 +1,5 @@
 """Training: the loop, the schedule, checkpoints, torchrun/DDP."""
+
 from .schedule import piecewise_lr
 from .trainer import Trainer, TrainingDiverged, method_args, train
 

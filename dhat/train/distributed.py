@@ -15,6 +15,7 @@ How a DDP run is arranged (`torchrun --nproc_per_node G [--nnodes N ...] -m dhat
   resume, so the run directory must be on a filesystem all nodes see.
 * Per-step metrics are summed (weighted by slice size) over the epoch and all-reduced once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False   # whether setup_distributed created the process group
+    owns_group: bool = False  # whether setup_distributed created the process group
 
     @property
     def enabled(self) -> bool:

@@ -10,6 +10,7 @@ CFA's FAWA (`cfa`, `dhat_cfa`) is a different, gated average (once per epoch, on
 worst class's validation robust accuracy passes a threshold, fixed decay); it stays as it is
 and is saved as `fawa`, this one as `ema`.
 """
+
 from __future__ import annotations
 
 import torch

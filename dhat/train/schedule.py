@@ -1,5 +1,6 @@
 """Learning-rate schedules, per epoch: piecewise constant (no compounding, unlike the official
 DHAT script) and the cosine one-cycle that DM-Improves-AT uses."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,14 @@ def piecewise_lr(base_lr: float, epoch: int, milestones, gamma: float = 0.1) -> 
     return base_lr * gamma ** sum(epoch >= m for m in milestones)
 
 
-def onecycle_lr(max_lr: float, epoch: int, epochs: int, warmup: float = 0.025,
-                div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
+def onecycle_lr(
+    max_lr: float,
+    epoch: int,
+    epochs: int,
+    warmup: float = 0.025,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> float:
     """torch.optim.lr_scheduler.OneCycleLR(max_lr, total_steps=epochs, pct_start=warmup),
     stepped once per epoch (DM-Improves-AT's 'cosinew'): cosine warm-up from max_lr/25 to
     max_lr over the first warmup·epochs − 1 steps, then cosine annealing to max_lr/25/1e4."""

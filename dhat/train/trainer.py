@@ -5,34 +5,54 @@ per `log_every` steps and at the end of the epoch (where a non-finite loss is de
 the run stops). A checkpoint is written only if it is good: finite weights and buffers and
 finite validation logits. The run directory is locked and overwritten safely (`rundir`).
 """
+
 from __future__ import annotations
 
 import json
 import random
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..attacks.spec import make_attack
 from ..checkpoint import load_model, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, save_yaml
 from ..data import BatchLoader, load_dataset, validation_split
 from ..errors import UserError
-from ..eval.attack_spec import make_attack
 from ..eval.robust import correct_under
 from ..methods import RunInfo, create_method, method_options
 from ..methods.base import RUN_WIDE
 from ..models import create_model, unwrap
 from ..modes import model_mode
-from .distributed import (all_ranks, all_reduce_sum, barrier, broadcast_module,
-                          cleanup_distributed, rank_seed, reduce_sums, setup_distributed, shard)
-from .rundir import (RunLock, append_jsonl, check_out_dir, holds_run, read_log, recover,
-                     staging_dir, swap_in, write_log)
+from .distributed import (
+    all_ranks,
+    all_reduce_sum,
+    barrier,
+    broadcast_module,
+    cleanup_distributed,
+    rank_seed,
+    reduce_sums,
+    setup_distributed,
+    shard,
+)
 from .ema import EMA
+from .rundir import (
+    RunLock,
+    append_jsonl,
+    check_out_dir,
+    holds_run,
+    read_log,
+    recover,
+    staging_dir,
+    swap_in,
+    write_log,
+)
 from .schedule import onecycle_lr, piecewise_lr
 
 # Config fields a resume may always change: they do not alter the training trajectory.
@@ -41,6 +61,15 @@ FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_eve
 
 class TrainingDiverged(UserError):
     """A loss or a checkpoint became non-finite; nothing non-finite was saved."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `resumable` says whether the run directory holds a run that
+    --resume can continue (not before the first checkpoint, nor during a staged overwrite)."""
+
+    def __init__(self, resumable: bool):
+        super().__init__()
+        self.resumable = resumable
 
 
 def method_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -90,8 +119,14 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
 class Trainer:
     """Runs one `TrainConfig` into `cfg.out_dir`: config.yaml, log.jsonl, last.pt, best.pt."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 allow_change: Sequence[str] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        allow_change: Sequence[str] | None = None,
+    ):
         self.cfg = cfg.validate()
         self.out = Path(cfg.out_dir)
         self.allow_change = set(allow_change or ())
@@ -113,12 +148,15 @@ class Trainer:
     def _claim(self, resume: bool, overwrite: bool) -> None:
         if self.dist.main:
             recover(self.out)
+            check_out_dir(self.out, resume=resume, overwrite=overwrite)  # again, under the lock
         here = resume and holds_run(self.out)
-        everywhere = all_ranks(here, self.dist, self.device)       # both collectives on all ranks
+        everywhere = all_ranks(here, self.dist, self.device)  # both collectives on all ranks
         nowhere = all_ranks(not here, self.dist, self.device)
         if not (everywhere or nowhere):
-            raise UserError(f"only some processes see {self.out / 'last.pt'}; under torchrun the "
-                            "run directory must be on a filesystem that every node shares")
+            raise UserError(
+                f"only some processes see {self.out / 'last.pt'}; under torchrun the "
+                "run directory must be on a filesystem that every node shares"
+            )
         self.resume = everywhere
         if self.resume and self.dist.main:
             self.changes = self._check_resume_config()
@@ -132,9 +170,11 @@ class Trainer:
         refused = sorted(k for k in changes if k not in self.allow_change)
         if refused:
             shown = ", ".join(f"{k} ({changes[k][0]} -> {changes[k][1]})" for k in refused)
-            raise UserError(f"--resume with settings that differ from the run's: {shown}; resume "
-                            f"with the same settings, or accept the change explicitly with "
-                            f"--allow-change {','.join(refused)}")
+            raise UserError(
+                f"--resume with settings that differ from the run's: {shown}; resume "
+                f"with the same settings, or accept the change explicitly with "
+                f"--allow-change {','.join(refused)}"
+            )
         return changes
 
     # --- setup -----------------------------------------------------------------------
@@ -146,58 +186,99 @@ class Trainer:
         if cfg.train_subset:
             data.subset_train(cfg.train_subset, cfg.seed)
         if cfg.val_size >= len(data.train_y):
-            raise UserError(f"--val-size {cfg.val_size} leaves nothing to train on: "
-                            f"{cfg.dataset} has {len(data.train_y)} training images here")
+            raise UserError(
+                f"--val-size {cfg.val_size} leaves nothing to train on: "
+                f"{cfg.dataset} has {len(data.train_y)} training images here"
+            )
         train_idx, val_idx = validation_split(data.train_y, cfg.val_size, cfg.seed)
         self.data = data
-        view = getattr(data, "train_view", None)   # stored images -> model inputs (imagefolder)
+        view = getattr(data, "train_view", None)  # stored images -> model inputs (imagefolder)
         val_x = data.train_x[val_idx]
         self.val = (view(val_x) if view else val_x, data.train_y[val_idx])
         gen = torch.Generator().manual_seed(cfg.seed)
         k_aux = round(cfg.aux_fraction * cfg.batch_size) if cfg.aux_data else 0
         if cfg.batch_size % d.world_size or k_aux % d.world_size:
-            raise UserError(f"--batch-size {cfg.batch_size} (and its generated part {k_aux}) "
-                            f"must divide by the {d.world_size} processes")
-        self.loader = BatchLoader(data.train_x[train_idx], data.train_y[train_idx],
-                                  cfg.batch_size - k_aux,
-                                  shuffle=True, augment=cfg.augment, drop_last=False,
-                                  generator=gen, device=self.device, rank=d.rank,
-                                  world_size=d.world_size,
-                                  augment_fn=getattr(data, "train_augment", None),
-                                  view_fn=view)
+            raise UserError(
+                f"--batch-size {cfg.batch_size} (and its generated part {k_aux}) "
+                f"must divide by the {d.world_size} processes"
+            )
+        self.loader = BatchLoader(
+            data.train_x[train_idx],
+            data.train_y[train_idx],
+            cfg.batch_size - k_aux,
+            shuffle=True,
+            augment=cfg.augment,
+            drop_last=False,
+            generator=gen,
+            device=self.device,
+            rank=d.rank,
+            world_size=d.world_size,
+            augment_fn=getattr(data, "train_augment", None),
+            view_fn=view,
+        )
         self.batches: Any = self.loader
         self.aux_generator = None
         if k_aux:
             from ..data.aux import AuxMixer, open_aux
+
+            assert cfg.aux_data is not None  # k_aux > 0 only with aux_data
             images, labels = open_aux(cfg.aux_data)
             self.aux_generator = torch.Generator().manual_seed(cfg.seed + 1)
-            self.batches = AuxMixer(self.loader, images, labels, k_aux,
-                                    num_classes=data.num_classes,
-                                    size=tuple(data.train_x.shape[-2:]),
-                                    generator=self.aux_generator, augment=cfg.augment)
-        self.model_spec = dict(name=cfg.model, num_classes=data.num_classes,
-                               mean=list(data.mean), std=list(data.std), kwargs=dict(cfg.model_args))
-        model = create_model(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std,
-                             **cfg.model_args).to(self.device)
+            self.batches = AuxMixer(
+                self.loader,
+                images,
+                labels,
+                k_aux,
+                num_classes=data.num_classes,
+                size=(data.train_x.shape[-2], data.train_x.shape[-1]),
+                generator=self.aux_generator,
+                augment=cfg.augment,
+            )
+        self.model_spec = dict(
+            name=cfg.model,
+            num_classes=data.num_classes,
+            mean=list(data.mean),
+            std=list(data.std),
+            kwargs=dict(cfg.model_args),
+        )
+        model = create_model(
+            cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std, **cfg.model_args
+        ).to(self.device)
         if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(  # type: ignore[call-overload]  # torch's stub omits memory_format
+                memory_format=torch.channels_last
+            )
         self.model = model
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.method = create_method(cfg.method, **method_args(cfg))
-        self.method.setup(RunInfo(num_classes=data.num_classes, num_train=len(data.train_y),
-                                  epochs=cfg.epochs, device=self.device,
-                                  label_smoothing=cfg.label_smoothing,
-                                  frozen_models=frozen_models(cfg, self.device)))
+        self.method.setup(
+            RunInfo(
+                num_classes=data.num_classes,
+                num_train=len(data.train_y),
+                epochs=cfg.epochs,
+                device=self.device,
+                label_smoothing=cfg.label_smoothing,
+                frozen_models=frozen_models(cfg, self.device),
+            )
+        )
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None
         self._ema_net: torch.nn.Module | None = None
-        self.net = model
+        self.net: torch.nn.Module = model  # what the step calls (compiled, DDP-wrapped)
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(  # type: ignore[assignment]  # stub: Callable; it is a Module
+                self.net
+            )
         if d.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.start_epoch, self.best = 0, -1.0
 
     def _restore(self) -> None:
@@ -222,11 +303,19 @@ class Trainer:
             write_log(log, [r for r in read_log(log) if r.get("epoch", 0) <= self.start_epoch])
             if self.changes:
                 change = {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()}
-                append_jsonl(self.out / "events.jsonl",
-                             {"event": "resume", "from_epoch": self.start_epoch,
-                              "changed": change, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-                tqdm.write(f"resuming at epoch {self.start_epoch + 1} with changed settings: "
-                           + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()))
+                append_jsonl(
+                    self.out / "events.jsonl",
+                    {
+                        "event": "resume",
+                        "from_epoch": self.start_epoch,
+                        "changed": change,
+                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    },
+                )
+                tqdm.write(
+                    f"resuming at epoch {self.start_epoch + 1} with changed settings: "
+                    + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())
+                )
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -237,23 +326,29 @@ class Trainer:
             "method": self.cfg.method,
             "method_options": _plain(self.method.options()),
             "method_state": self.method.state_dict(),
-            "extra_models": {**self.method.extra_models(),
-                             **({"ema": self.ema.state_dict()} if self.ema else {})},
+            "extra_models": {
+                **self.method.extra_models(),
+                **({"ema": self.ema.state_dict()} if self.ema else {}),
+            },
             "ema": self.ema.state_dict() if self.ema else None,
             "epoch": epoch,
             "best_val_robust": self.best,
             "config": json.loads(json.dumps(asdict(self.cfg), default=str)),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "python": _from_random_state(random.getstate()),
-                    "data": self.loader.generator.get_state(),
-                    "aux": self.aux_generator.get_state() if self.aux_generator else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": _from_random_state(random.getstate()),
+                "data": self.loader.generator.get_state(),
+                "aux": self.aux_generator.get_state() if self.aux_generator else None,
+            },
         }
 
     # --- loop ------------------------------------------------------------------------
     def fit(self) -> Path:
         try:
             return self._fit()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(holds_run(self.out) and not self.staged) from None
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -271,29 +366,33 @@ class Trainer:
         barrier(d)
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
-            broadcast_module(self.model, d)    # rank 0's BN statistics: every rank validates it
+            broadcast_module(self.model, d)  # rank 0's BN statistics: every rank validates it
             record.update(self._validate(unwrap(self.model)))
             finite_logits = record.pop("_val_logits_finite")
             if self.ema is not None:
                 ema_rec = self._validate(self._ema_model())
                 finite_logits = finite_logits and ema_rec["_val_logits_finite"]
                 record.update({f"{k}_ema": v for k, v in ema_rec.items() if not k.startswith("_")})
-            record.update(self.method.end_epoch(unwrap(self.model), epoch,
-                                                {"val_class_acc": record.pop("_val_class_acc")}))
+            record.update(
+                self.method.end_epoch(
+                    unwrap(self.model), epoch, {"val_class_acc": record.pop("_val_class_acc")}
+                )
+            )
             key = "val_robust_acc_ema" if self.cfg.select == "ema" else "val_robust_acc"
             improved = record[key] > self.best
             self.best = max(self.best, record[key])
             record["best"] = improved
             state = self._state(epoch) if d.main else None
-            problem = _not_good(state, finite_logits) if d.main else None
+            problem = _not_good(state, finite_logits) if state is not None else None
             if not all_ranks(problem is None, d, self.device):
                 raise self._diverged(f"after epoch {epoch + 1}: {problem or 'another rank'}")
             if d.main:
+                assert state is not None  # made above on the main process
                 append_jsonl(self.run_dir / "log.jsonl", record)
                 save_checkpoint(self.run_dir / "last.pt", state)
                 if improved:
                     save_checkpoint(self.run_dir / "best.pt", state)
-                if self.staged:   # the first good checkpoint of an overwrite: swap it in
+                if self.staged:  # the first good checkpoint of an overwrite: swap it in
                     swap_in(self.out, self.run_dir)
                     self.staged, self.run_dir = False, self.out
                 if cfg.progress:
@@ -304,33 +403,45 @@ class Trainer:
     def _diverged(self, what: str) -> TrainingDiverged:
         last = self.out / "last.pt"
         if holds_run(self.out) and not self.staged:
-            where = (f"the last good checkpoint is {last} (epoch "
-                     f"{read_checkpoint(last)['epoch'] + 1}); continue from it with a lower lr: "
-                     f"--resume --allow-change lr --lr {self.cfg.lr / 10:g}")
+            where = (
+                f"the last good checkpoint is {last} (epoch "
+                f"{read_checkpoint(last)['epoch'] + 1}); continue from it with a lower lr: "
+                f"--resume --allow-change lr --lr {self.cfg.lr / 10:g}"
+            )
         elif self.staged:
-            where = (f"nothing was saved and {self.out} still holds the old run; lower --lr "
-                     "and --overwrite again")
+            where = (
+                f"nothing was saved and {self.out} still holds the old run; lower --lr "
+                "and --overwrite again"
+            )
         else:
-            where = (f"no good checkpoint exists yet (so {self.out} holds no run); rerun with a "
-                     "lower --lr")
-        return TrainingDiverged(f"training diverged {what}; {where}. Check the method options "
-                                "too")
+            where = (
+                f"no good checkpoint exists yet (so {self.out} holds no run); rerun with a "
+                "lower --lr"
+            )
+        return TrainingDiverged(f"training diverged {what}; {where}. Check the method options too")
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, d = self.cfg, self.dist
-        lr = (onecycle_lr(cfg.lr, epoch, cfg.epochs, cfg.lr_warmup) if cfg.lr_schedule == "onecycle"
-              else piecewise_lr(cfg.lr, epoch, cfg.milestones, cfg.lr_gamma))
+        lr = (
+            onecycle_lr(cfg.lr, epoch, cfg.epochs, cfg.lr_warmup)
+            if cfg.lr_schedule == "onecycle"
+            else piecewise_lr(cfg.lr, epoch, cfg.milestones, cfg.lr_gamma)
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.net.train()
-        if d.enabled:   # distinct attack noise per rank; an epoch-boundary resume stays exact
+        if d.enabled:  # distinct attack noise per rank; an epoch-boundary resume stays exact
             torch.manual_seed(rank_seed(cfg.seed, epoch, d.rank))
         self.method.start_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         bad: dict[str, torch.Tensor] = {}
         n_seen, t0 = 0, time.perf_counter()
-        bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and d.main))
+        bar = tqdm(
+            self.batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not (cfg.progress and d.main),
+        )
         for step, batch in enumerate(bar):
             if cfg.channels_last:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
@@ -351,38 +462,50 @@ class Trainer:
             for k, v in values.items():
                 v = torch.as_tensor(v, device=self.device).detach().float()
                 sums[k] = sums[k] + v * b if k in sums else v * b
-                first = bad.get(k, torch.full((), -1, dtype=torch.long, device=self.device))
+                first = (
+                    bad[k] if k in bad else torch.full((), -1, dtype=torch.long, device=self.device)
+                )
                 bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
             n_seen += b
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 self._log_point(epoch, step, sums, bad, n_seen, bar)
         self._log_point(epoch, len(self.loader) - 1, sums, bad, n_seen, None)
-        totals = reduce_sums({k: v.item() for k, v in sums.items()} | {"_n": float(n_seen)},
-                             d, self.device)
+        read = torch.stack(list(sums.values())).tolist() if sums else []  # one read per epoch
+        totals = reduce_sums(dict(zip(sums, read)) | {"_n": float(n_seen)}, d, self.device)
         secs = time.perf_counter() - t0
         n = totals.pop("_n")
-        return {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in totals.items()},
-                "images": int(n), "seconds": round(secs, 3), "images_per_s": round(n / secs, 2)}
+        return {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **{k: v / n for k, v in totals.items()},
+            "images": int(n),
+            "seconds": round(secs, 3),
+            "images_per_s": round(n / secs, 2),
+        }
 
     def _log_point(self, epoch, step, sums, bad, n_seen, bar) -> None:
         """The once-per-interval read: stop on a non-finite term (naming the first to go, and
         its step), show the running loss."""
-        first = {k: int(v) for k, v in bad.items() if int(v) >= 0}
+        steps = torch.stack(list(bad.values())).tolist() if bad else []  # one read
+        first = {k: s for k, s in zip(bad, steps) if s >= 0}
         term = min(first, key=lambda k: (first[k], k == "loss")) if first else None
         if not all_ranks(term is None, self.dist, self.device):
             at = f"at step {first[term] + 1}" if term else f"by step {step + 1}"
-            raise self._diverged(f"in epoch {epoch + 1} {at}: term '{term or 'loss'}' is not "
-                                 "finite")
+            raise self._diverged(
+                f"in epoch {epoch + 1} {at}: term '{term or 'loss'}' is not finite"
+            )
         if bar is not None and n_seen:
             bar.set_postfix(loss=f"{sums['loss'].item() / n_seen:.3f}")
 
     def _ema_model(self) -> torch.nn.Module:
         """A copy of the model holding the averaged weights (made once, refreshed each call)."""
+        assert self.ema is not None  # called only with --ema-decay
         if self._ema_net is None:
             import copy
+
             self._ema_net = copy.deepcopy(unwrap(self.model))
         self._ema_net.load_state_dict(self.ema.state_dict())
-        broadcast_module(self._ema_net, self.dist)   # rank 0's copied BN statistics everywhere
+        broadcast_module(self._ema_net, self.dist)  # rank 0's copied BN statistics everywhere
         return self._ema_net
 
     def _validate(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -402,19 +525,29 @@ class Trainer:
         robust = correct_under(model, x, y, attack, batch_size=256, device=self.device)
         k = self.data.num_classes
         y = y.cpu()
-        counts = torch.stack([torch.bincount(y, minlength=k), torch.bincount(y[clean], minlength=k),
-                              torch.bincount(y[robust], minlength=k)]).double()
+        counts = torch.stack(
+            [
+                torch.bincount(y, minlength=k),
+                torch.bincount(y[clean], minlength=k),
+                torch.bincount(y[robust], minlength=k),
+            ]
+        ).double()
         total, clean_hits, robust_hits = all_reduce_sum(counts, d, self.device)
         n = total.sum()
-        return {"val_clean_acc": (clean_hits.sum() / n).item(),
-                "val_robust_acc": (robust_hits.sum() / n).item(),
-                "_val_class_acc": robust_hits / total, "_val_logits_finite": finite}
+        return {
+            "val_clean_acc": (clean_hits.sum() / n).item(),
+            "val_robust_acc": (robust_hits.sum() / n).item(),
+            "_val_class_acc": robust_hits / total,
+            "_val_logits_finite": finite,
+        }
 
 
 def _not_good(state: dict[str, Any], finite_logits: bool) -> str | None:
     """Why a checkpoint is not good (non-finite weights, buffers or validation logits), or None."""
-    for name, t in state["model"].items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    floats = {k: t for k, t in state["model"].items() if t.is_floating_point()}
+    ok = torch.stack([torch.isfinite(t).all() for t in floats.values()]).tolist() if floats else []
+    for name, good in zip(floats, ok):  # one read for the whole state
+        if not good:
             return f"the model's '{name}' is not finite"
     if not finite_logits:
         return "the validation logits are not finite"
@@ -423,14 +556,19 @@ def _not_good(state: dict[str, Any], finite_logits: bool) -> str | None:
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
     """Method options as JSON-able plain values (for the checkpoint and result cards)."""
-    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-            for k, v in options.items()}
+    return {
+        k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+        for k, v in options.items()
+    }
 
 
 def _from_random_state(state):
     version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss": gauss}
+    return {
+        "version": version,
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss": gauss,
+    }
 
 
 def _to_random_state(d):
@@ -438,14 +576,35 @@ def _to_random_state(d):
 
 
 def _summary(r: dict[str, Any]) -> str:
-    keys = [k for k in ("loss", "ce", "dhlr", "floe", "kl", "adv_acc", "clean_acc",
-                        "val_clean_acc", "val_robust_acc") if k in r]
-    return f"epoch {r['epoch']}: " + " ".join(f"{k}={r[k]:.4f}" for k in keys) + \
-        f" ({r['images_per_s']:.0f} img/s)"
+    keys = [
+        k
+        for k in (
+            "loss",
+            "ce",
+            "dhlr",
+            "floe",
+            "kl",
+            "adv_acc",
+            "clean_acc",
+            "val_clean_acc",
+            "val_robust_acc",
+        )
+        if k in r
+    ]
+    return (
+        f"epoch {r['epoch']}: "
+        + " ".join(f"{k}={r[k]:.4f}" for k in keys)
+        + f" ({r['images_per_s']:.0f} img/s)"
+    )
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          allow_change: Sequence[str] | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_change: Sequence[str] | None = None,
+) -> Path:
     """Train per `cfg`; returns the run directory. `allow_change`: settings (TrainConfig
     fields or method option names) that a `resume` may change, e.g. ["lr"] after divergence."""
     trainer = None

@@ -1,5 +1,6 @@
 """One description of an evaluation attack, shared by evaluation, curves, sanity checks,
 background measures and the trainer's validation: what runs is what the card says."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,8 @@ from typing import Literal
 
 import torch
 
-from ..attacks import pgd
 from ..errors import UserError
+from .pgd import pgd
 
 NAME = re.compile(r"(pgd|cw)(\d*)")
 
@@ -18,6 +19,7 @@ NAME = re.compile(r"(pgd|cw)(\d*)")
 class AttackSpec:
     """L-inf PGD in eval mode from a uniform random start: `loss` "ce" (PGD-K) or "cw" (the
     CW margin; CW∞ = 20 steps). Calling it attacks: (model, x, y) -> x_adv."""
+
     loss: Literal["ce", "cw"]
     steps: int
     eps: float
@@ -28,17 +30,30 @@ class AttackSpec:
         return f"{'pgd' if self.loss == 'ce' else 'cw'}{self.steps}"
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                   loss=self.loss, init="uniform", bn_mode="eval")
+        return pgd(
+            model,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss=self.loss,
+            init="uniform",
+            bn_mode="eval",
+        )
 
     def describe(self) -> str:
         loss = "cross-entropy" if self.loss == "ce" else "CW margin"
-        return (f"L-inf PGD, {self.steps} steps, {loss} loss, step {self.step_size * 255:g}/255, "
-                f"eps {self.eps * 255:g}/255, uniform random start, 1 restart, eval mode")
+        return (
+            f"L-inf PGD, {self.steps} steps, {loss} loss, step {self.step_size * 255:g}/255, "
+            f"eps {self.eps * 255:g}/255, uniform random start, 1 restart, eval mode"
+        )
 
 
-AA_DESCRIPTION = ("AutoAttack, version 'standard' (APGD-CE, APGD-T, FAB-T, Square), L-inf, "
-                  "eps {eps}/255, official implementation")
+AA_DESCRIPTION = (
+    "AutoAttack, version 'standard' (APGD-CE, APGD-T, FAB-T, Square), L-inf, "
+    "eps {eps}/255, official implementation"
+)
 
 
 def make_attack(name: str, eps: float, step_size: float) -> AttackSpec | None:
@@ -48,8 +63,10 @@ def make_attack(name: str, eps: float, step_size: float) -> AttackSpec | None:
         return None
     m = NAME.fullmatch(name)
     if not m or m.group(2) == "0":
-        raise UserError(f"unknown attack '{name}': use clean, pgdK (e.g. pgd20), cw or cwK, "
-                        "or aa for AutoAttack")
+        raise UserError(
+            f"unknown attack '{name}': use clean, pgdK (e.g. pgd20), cw or cwK, "
+            "or aa for AutoAttack"
+        )
     loss: Literal["ce", "cw"] = "ce" if m.group(1) == "pgd" else "cw"
     return AttackSpec(loss, int(m.group(2) or (10 if loss == "ce" else 20)), eps, step_size)
 
