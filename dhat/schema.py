@@ -320,3 +320,18 @@ def coerce_like(default: Any, value: Any, where: str) -> Any:
                 return value.lower() == "true"
         return value
     return value
+
+
+def check_factory_args(
+    kind: str, name: str, known: dict[str, Any], args: dict[str, Any], where: Where
+) -> dict[str, Any]:
+    """`args` of a model or dataset factory, checked against its keyword arguments `known`
+    (name: default; nearest name for a typo) and typed by their defaults (width=16 -> int)."""
+    out = {}
+    for k, v in args.items():
+        if k not in known:
+            if not known:
+                raise UserError(f"{kind} '{name}' takes no arguments, got {where.key(k)}")
+            raise unknown_name(f"argument of {kind} '{name}'", k, known)
+        out[k] = coerce_like(known[k], v, where.key(k))
+    return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -29,6 +28,9 @@ from dhat.config import TrainConfig
 from dhat.data import load_dataset
 from dhat.eval import correct_under, make_attack
 from dhat.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from study_record import git_commit  # noqa: E402  (a sibling script module)
 
 
 def variants(args) -> dict[str, tuple[str, dict]]:
@@ -64,13 +66,6 @@ def train_config(args, name: str, method: str, method_args: dict) -> TrainConfig
         seed=args.seed,
         progress=args.progress,
     )
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def measure(args, name: str, cfg: TrainConfig, data) -> dict:

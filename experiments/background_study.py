@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,6 +29,9 @@ import torch
 from dhat.config import EvalConfig, TrainConfig
 from dhat.eval import evaluate_checkpoint
 from dhat.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from study_record import record_invocation  # noqa: E402  (a sibling script module)
 
 OUT = Path("experiments/results/background_study")
 UIAT_EPS = (2, 4, 8, 12)
@@ -44,13 +45,6 @@ def variants() -> dict[str, tuple[str, dict]]:
     out["dhat_paper_dhlr"] = ("dhat", {"dhlr": "paper"})
     out["dhat_paper_floe"] = ("dhat", {"floe": "paper"})
     return out
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train_config(args, name: str, seed: int) -> TrainConfig:
@@ -132,8 +126,8 @@ def main(argv=None) -> int:
         help="crop + flip (off: the budget then fits the training set better)",
     )
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--milestones", type=int, nargs="*", default=[6, 7])
+    p.add_argument("--epochs", type=int, default=9)
+    p.add_argument("--milestones", type=int, nargs="*", default=[7, 8])
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -148,23 +142,13 @@ def main(argv=None) -> int:
 
         write_report(args.out, data_root=args.data_root)
         return 0
-    record = args.out / "study.json"
-    meta = json.loads(record.read_text()) if record.is_file() else {"invocations": []}
-    meta["invocations"].append(
-        {
-            "commit": git_commit(),
-            "argv": sys.argv,
-            "seeds": args.seeds,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "torch": torch.__version__,
-            "threads": args.threads,
-        }
+    record_invocation(
+        args.out,
+        args.seeds,
+        args.threads,
+        {f"{v}_s{s}": train_config(args, v, s) for s in args.seeds for v in args.variants},
+        eval_config(args, Path("RUN"), Path("CARD")),
     )
-    meta.setdefault("configs", {}).update(
-        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants}
-    )
-    meta["eval_config"] = asdict(eval_config(args, Path("RUN"), Path("CARD")))
-    record.write_text(json.dumps(meta, indent=2, default=str))
     for seed in args.seeds:
         for name in args.variants:
             card = run_one(args, name, seed)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,6 +28,9 @@ import torch
 from dhat.config import EvalConfig, TrainConfig
 from dhat.eval import evaluate_checkpoint, read_card
 from dhat.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from study_record import record_invocation  # noqa: E402  (a sibling script module)
 
 OUT = Path("experiments/results/cifar10_study")
 VARIANTS = {
@@ -40,13 +41,6 @@ VARIANTS = {
     "dhat_paper": ("dhat", {"dhlr": "paper", "floe": "paper"}),
 }
 EMA_VARIANTS = ("pgd_at", "dhat_official")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train_config(args, name: str, seed: int) -> TrainConfig:
@@ -131,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--milestones", type=int, nargs="*", default=[6, 7])
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--n-test", type=int, default=5000)
+    p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--gap-train-images", type=int, default=2000)
     p.add_argument(
         "--aa-n",
@@ -152,23 +146,13 @@ def main(argv=None) -> int:
 
         write_report(args.out)
         return 0
-    record = args.out / "study.json"
-    meta = json.loads(record.read_text()) if record.is_file() else {}
-    meta.setdefault("invocations", []).append(
-        {
-            "commit": git_commit(),
-            "argv": sys.argv,
-            "seeds": args.seeds,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "torch": torch.__version__,
-            "threads": args.threads,
-        }
+    record_invocation(
+        args.out,
+        args.seeds,
+        args.threads,
+        {f"{v}_s{s}": train_config(args, v, s) for s in args.seeds for v in args.variants},
+        eval_config(args, Path("RUN"), Path("CARD")),
     )
-    meta.setdefault("configs", {}).update(
-        {f"{v}_s{s}": asdict(train_config(args, v, s)) for s in args.seeds for v in args.variants}
-    )
-    meta["eval_config"] = asdict(eval_config(args, Path("RUN"), Path("CARD")))
-    record.write_text(json.dumps(meta, indent=2, default=str))
     for seed in args.seeds:
         for name in args.variants:
             for card in run_one(args, name, seed):

@@ -113,7 +113,7 @@ def train(tmp_path, *args):
         (["--eps", "8/255x"], "--eps: not a number"),
         (["--lr", "-0.1"], "--lr must be > 0"),
         (["--model-arg", "widht=8"], "Did you mean 'width'"),
-        (["--dataset-arg", "rh0=0.5"], "takes no --dataset-arg"),
+        (["--dataset-arg", "rh0=0.5"], "takes no arguments, got --dataset-arg rh0"),
         (["--train-subset", "30"], "--train-subset 30 leaves nothing"),
         (["--val-size", "0"], "--val-size must be >= 1"),
         (["--epochs", "1.5"], "--epochs: expected an integer"),

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import UserError, unknown_name
-from ..schema import Where, coerce_like
+from ..errors import unknown_name
+from ..schema import Where, check_factory_args
 from .cifar import load_cifar
 
 DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dhat")
@@ -109,15 +109,7 @@ def check_dataset_args(
     name: str, args: dict[str, Any], where: Where = Where(prefix="dataset_args.")
 ) -> dict[str, Any]:
     """`args` checked against the dataset's loader (nearest name) and typed by its defaults."""
-    known = dataset_arg_defaults(name)
-    out = {}
-    for k, v in args.items():
-        if k not in known:
-            if not known:
-                raise UserError(f"dataset '{name}' takes no --dataset-arg, got {where.key(k)}")
-            raise unknown_name(f"argument of dataset '{name}'", k, known)
-        out[k] = coerce_like(known[k], v, where.key(k))
-    return out
+    return check_factory_args("dataset", name, dataset_arg_defaults(name), args, where)
 
 
 def list_datasets() -> list[str]:

@@ -58,6 +58,23 @@ def background_mask(cam: torch.Tensor, omega: float) -> torch.Tensor:
     return (cam <= omega).to(cam.dtype)
 
 
+def inverse_example(m: UIAT | DHAT, model, batch, x_adv, recompute_adv: bool = False):
+    """x̌: `m.steps` descent steps of m's inverse loss within m.eps_inv (step m.step_size, BN in
+    m.bn_mode), from x; the official loss also needs x̂ (see `dhat.attacks.inverse_pgd`)."""
+    return inverse_pgd(
+        model,
+        batch.x,
+        batch.y,
+        eps=m.eps_inv,
+        step_size=m.step_size,
+        steps=m.steps,
+        loss=m.inverse_loss,
+        x_adv=x_adv,
+        bn_mode=m.bn_mode,
+        recompute_adv=recompute_adv,
+    )
+
+
 DHLR = {"official": dhlr_official, "paper": dhlr_paper}
 FLOE = {"official": floe_official, "paper": floe_paper}
 
@@ -93,18 +110,7 @@ class UIAT(Adversarial):
 
     def inputs(self, model, batch):
         x_adv = self.adversarial(model, batch)
-        x_inv = inverse_pgd(
-            model,
-            batch.x,
-            batch.y,
-            eps=self.eps_inv,
-            step_size=self.step_size,
-            steps=self.steps,
-            loss=self.inverse_loss,
-            x_adv=x_adv,
-            bn_mode=self.bn_mode,
-            recompute_adv=not self.hoist_forwards,
-        )
+        x_inv = inverse_example(self, model, batch, x_adv, recompute_adv=not self.hoist_forwards)
         self._post_step_x = None if self.hoist_forwards else x_adv
         return {"x_adv": x_adv, "x_inv": x_inv}
 
@@ -192,17 +198,7 @@ class DHAT(Adversarial):
     def inputs(self, model, batch):
         keep = background_mask(self.mask(model, batch), self.omega)
         x_adv = self.adversarial(model, batch)
-        x_inv = inverse_pgd(
-            model,
-            batch.x,
-            batch.y,
-            eps=self.eps_inv,
-            step_size=self.step_size,
-            steps=self.steps,
-            loss=self.inverse_loss,
-            x_adv=x_adv,
-            bn_mode=self.bn_mode,
-        )
+        x_inv = inverse_example(self, model, batch, x_adv)
         return {"x_adv": x_adv, "x_inv": x_inv, "x_bg": x_inv * keep, "fg_frac": 1.0 - keep.mean()}
 
     def objective(self, model, batch, inputs):

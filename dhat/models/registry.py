@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError, unknown_name
-from ..schema import Where, coerce_like
+from ..schema import Where, check_factory_args
 from .base import NORMALIZATION, Classifier
 
 CIFAR = ("cifar10", "cifar100")
@@ -133,15 +133,7 @@ def check_model_args(
 ) -> dict[str, Any]:
     """`args` checked against the factory's signature (nearest name for a typo) and typed by
     its defaults (width=16 -> int)."""
-    known = model_arg_defaults(name)
-    out = {}
-    for k, v in args.items():
-        if k not in known:
-            if not known:
-                raise UserError(f"model '{name}' takes no arguments, got {where.key(k)}")
-            raise unknown_name(f"argument of model '{name}'", k, known)
-        out[k] = coerce_like(known[k], v, where.key(k))
-    return out
+    return check_factory_args("model", name, model_arg_defaults(name), args, where)
 
 
 def create_model(

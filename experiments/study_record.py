@@ -1,0 +1,42 @@
+"""What every study script records in its `study.json`: each invocation (commit, argv, seeds,
+date, torch, threads), the training config of every run and the evaluation config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record_invocation(
+    out: Path, seeds: list[int], threads: int, configs: dict[str, Any], eval_config: Any
+) -> None:
+    """Append this invocation to `out/study.json` and merge in its configs (dataclasses)."""
+    record = out / "study.json"
+    meta = json.loads(record.read_text()) if record.is_file() else {}
+    meta.setdefault("invocations", []).append(
+        {
+            "commit": git_commit(),
+            "argv": sys.argv,
+            "seeds": seeds,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "torch": torch.__version__,
+            "threads": threads,
+        }
+    )
+    meta.setdefault("configs", {}).update({k: asdict(v) for k, v in configs.items()})
+    meta["eval_config"] = asdict(eval_config)
+    record.write_text(json.dumps(meta, indent=2, default=str))
