@@ -114,7 +114,7 @@ def gap_table(cards: list[dict]) -> str:
             f"({100 * g['train']:.1f} − {100 * g['test']:.1f}) | "
             f"{100 * b['bg_gap']['clean']['value']:.1f} | "
             f"{100 * b['bg_gap']['pgd10']['value']:.1f} | "
-            f"{c['train_seconds'] / 60:.1f} |"
+            f"{sum(e['seconds'] for e in c['log']) / 60:.1f} |"
         )
     return "\n".join(rows)
 

@@ -92,17 +92,16 @@ def run_one(args, name: str, seed: int) -> dict:
         return json.loads(card_path.read_text())
     cfg = train_config(args, name, seed)
     run_dir = Path(cfg.out_dir)
-    t0 = time.perf_counter()
     last = run_dir / "last.pt"
     if not last.is_file() or torch.load(last, weights_only=True)["epoch"] + 1 < cfg.epochs:
         train(cfg, resume=last.is_file(), overwrite=not last.is_file())
-    train_s = time.perf_counter() - t0
     card = evaluate_checkpoint(eval_config(args, run_dir, card_path), progress=args.progress)
+    log = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
     card.update(
         variant=name,
         seed=seed,
-        train_seconds=round(train_s, 1),
-        log=[json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()],
+        train_seconds=round(sum(e["seconds"] for e in log), 1),  # summed over resumes
+        log=log,
     )
     card_path.write_text(json.dumps(card, indent=2))
     return card

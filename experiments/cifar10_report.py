@@ -48,7 +48,7 @@ def main_table(cards: list[dict]) -> str:
             f"{100 * a['pgd10']:.2f} | {100 * a['pgd20']:.2f} | {100 * a['cw']:.2f} | "
             f"{100 * a['aa']:.2f} | {aa_check(c)} | {100 * g['gap']:.2f} "
             f"({100 * g['train']:.2f} − {100 * g['test']:.2f}) | "
-            f"{c['train_seconds'] / 60:.1f} |"
+            f"{sum(e['seconds'] for e in c['log']) / 60:.1f} |"
         )
     return "\n".join(rows)
 

@@ -94,10 +94,10 @@ def run_one(args, name: str, seed: int) -> list[dict]:
     if all(p.is_file() for _, p in todo):
         return [read_card(p) for _, p in todo]
     last = run_dir / "last.pt"
-    t0 = time.perf_counter()
     if not last.is_file() or torch.load(last, weights_only=True)["epoch"] + 1 < cfg.epochs:
         train(cfg, resume=last.is_file())
-    train_s = round(time.perf_counter() - t0, 1)
+    log = (run_dir / "log.jsonl").read_text().splitlines()
+    train_s = round(sum(json.loads(ln)["seconds"] for ln in log if ln.strip()), 1)  # resumes too
     out = []
     for weights, path in todo:
         if path.is_file():
