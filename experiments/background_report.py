@@ -232,6 +232,9 @@ def overlays(
         card = next((c for c in cards if c["variant"] == v and c["seed"] == 0), None)
         if card is None:
             continue
+        if not Path(card["checkpoint"]).is_file():
+            print(f"overlay of {v}: {card['checkpoint']} is not here, figure kept as it is")
+            continue
         model = load_model(card["checkpoint"])
         torch.manual_seed(0)
         cams = attention_maps(model, x, y)

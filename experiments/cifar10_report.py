@@ -20,11 +20,18 @@ def load(out: Path) -> list[dict]:
             continue
         card = read_card(p)  # validated: refuses a self-contradicting card
         card.update(json.loads(p.with_suffix(".meta.json").read_text()))
-        run = Path(card["run_dir"]) / "log.jsonl"
-        card["log"] = [json.loads(ln) for ln in run.read_text().splitlines() if ln.strip()]
+        card["log"] = read_log(out, card)
         cards.append(card)
     rank = {v: i for i, v in enumerate(ORDER)}
     return sorted(cards, key=lambda c: (rank.get(c["variant"], 99), c["seed"], c["weights"]))
+
+
+def read_log(out: Path, card: dict) -> list[dict]:
+    """A run's `log.jsonl`: the committed copy under `out/logs/`, else the run directory's."""
+    log = out / "logs" / f"{card['variant']}_s{card['seed']}.jsonl"
+    if not log.is_file():
+        log = Path(card["run_dir"]) / "log.jsonl"
+    return [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
 
 
 def aa_check(card: dict) -> str:

@@ -8,7 +8,8 @@ Every run also keeps an EMA of its weights (`--ema-decay`; it does not change th
 training), whose clean and PGD-10 accuracy is measured for PGD-AT and DHAT (the weight-
 averaging study). `uiat` makes the DHAT authors' forwards; `uiat_hoisted` hoists them (same
 weights, different BatchNorm running statistics). Writes `results.md` (from the cards),
-`cards/*.json`, `learning_curves.png` and `study.json` (configs, commits, invocations).
+`cards/*.json`, `logs/*.jsonl` (each run's training log), `learning_curves.png` and `study.json`
+(configs, commits, invocations).
 
     python experiments/cifar10_study.py --seeds 0 &     # one process per seed, in parallel
     python experiments/cifar10_study.py --seeds 1 &
@@ -97,6 +98,8 @@ def run_one(args, name: str, seed: int) -> list[dict]:
     if not last.is_file() or torch.load(last, weights_only=True)["epoch"] + 1 < cfg.epochs:
         train(cfg, resume=last.is_file())
     log = (run_dir / "log.jsonl").read_text().splitlines()
+    (args.out / "logs").mkdir(exist_ok=True)  # committed beside the cards; runs/ is not
+    (args.out / "logs" / f"{name}_s{seed}.jsonl").write_text("\n".join(log) + "\n")
     train_s = round(sum(json.loads(ln)["seconds"] for ln in log if ln.strip()), 1)  # resumes too
     out = []
     for weights, path in todo:
