@@ -40,10 +40,11 @@ def aa_check(card: dict) -> str:
 
 
 def main_table(cards: list[dict]) -> str:
+    first = next(c for c in cards if c["weights"] == "model")  # EMA cards carry no AA
     rows = [
-        f"| variant | seed | best epoch | Clean (n={cards[0]['n_test']}) | PGD-10 | PGD-20 | "
-        f"CW∞ | AA (n={cards[0]['n_aa']}) | AA vs PGD check | Robust gap (train − test, "
-        f"n={cards[0]['robust_gap']['n_train']}) | train min |",
+        f"| variant | seed | best epoch | Clean (n={first['n_test']}) | PGD-10 | PGD-20 | "
+        f"CW∞ | AA (n={first['n_aa']}) | AA vs PGD check | Robust gap (train − test, "
+        f"n={first['robust_gap']['n_train']}) | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cards:
@@ -153,6 +154,34 @@ def hoist_table(cards: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def weights_check(out: Path, cards: list[dict]) -> None:
+    """Compare the final weights of `uiat` and `uiat_hoisted` runs of one seed: parameters
+    should be identical, BatchNorm running statistics not. Writes `uiat_forwards_check.json`
+    when the runs' `last.pt` are here (they are not committed); keeps the file otherwise."""
+    import torch
+
+    found = {}
+    for seed in sorted({c["seed"] for c in cards}):
+        runs = {
+            c["variant"]: Path(c["run_dir"]) / "last.pt"
+            for c in cards
+            if c["seed"] == seed and c["variant"] in ("uiat", "uiat_hoisted")
+        }
+        if len(runs) < 2 or not all(p.is_file() for p in runs.values()):
+            continue
+        a, b = (torch.load(runs[v], weights_only=True)["model"] for v in ("uiat", "uiat_hoisted"))
+        is_bn = [k for k in a if "running_" in k]
+        params = [k for k in a if k not in is_bn and "num_batches" not in k]
+        found[f"seed {seed}"] = {
+            "parameters_max_abs_diff": max((a[k] - b[k]).abs().max().item() for k in params),
+            "bn_running_stats_max_abs_diff": max((a[k] - b[k]).abs().max().item() for k in is_bn),
+            "parameters": len(params),
+            "bn_buffers": len(is_bn),
+        }
+    if found:
+        (out / "uiat_forwards_check.json").write_text(json.dumps(found, indent=2))
+
+
 def curves(cards: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -217,5 +246,6 @@ def write_report(out: Path) -> None:
         ]
     )
     (out / "results.md").write_text(text + "\n")
+    weights_check(out, cards)
     curves(cards, out / "learning_curves.png")
     print(text)
