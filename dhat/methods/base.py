@@ -13,6 +13,7 @@ host-device synchronisation, which the trainer does once per log interval, not p
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -44,7 +45,7 @@ class RunInfo:
 
 
 @dataclass
-class Method:
+class Method(abc.ABC):
     """Base class. Subclasses are dataclasses whose fields are their options."""
 
     name = "base"
@@ -59,15 +60,16 @@ class Method:
         """Everything the loss needs that carries no parameter gradient (attacks, masks)."""
         return {}
 
+    @abc.abstractmethod
     def objective(
         self, model: nn.Module, batch: Batch, inputs: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, Metrics]:
-        raise NotImplementedError
+        """The loss and its metrics from `inputs` (see `inputs`); every method defines it."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         return self.objective(model, batch, self.inputs(model, batch))
 
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module) -> None:  # noqa: B027  (optional hook: default does nothing)
         """Called after `optimizer.step()` (AWP restores the weights here)."""
 
     def end_epoch(self, model: nn.Module, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +84,7 @@ class Method:
         """Method state that must survive a resume (tensors and plain values only)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook: stateless default)
         pass
 
     def options(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,7 @@ NORMALIZATION = {
 }
 
 
-class Classifier(nn.Module):
+class Classifier(nn.Module, abc.ABC):
     """An image classifier taking (B, 3, H, W) pixels in [0, 1] and returning (B, C) logits.
 
     Subclasses implement `logits(x_normalised)` and name `cam_layer`, the dotted path of
@@ -49,8 +50,9 @@ class Classifier(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised inputs; every registered model defines it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.normalise(x))
