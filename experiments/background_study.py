@@ -1,19 +1,31 @@
 """Does inverse adversarial training move attention to the background, and does DHAT move it
-back? PGD-AT, UIAT at several ε_inv and three DHAT variants on `fashion_scenes`.
+back? The background study, in the regime where adversarial training overfits.
 
-Every variant trains the same model with the same data, schedule and seeds, on Fashion-MNIST
-items pasted onto CIFAR-10 scenes whose class agrees with the label 90 % of the time. The
-validation-selected checkpoint of each run is evaluated by `dhat.eval.evaluate_checkpoint`
-(one result card per run): clean and PGD-10 accuracy on the test, mixed_same, mixed_rand,
-only_fg and only_bg splits, the BG-gap (mixed_same − mixed_rand), Grad-CAM foreground and
-background IoU on natural and inverse images (at the run's ε_inv; 4/255 for methods
-without one), and the robust gap, each with a 95 % bootstrap interval over test images.
+Fashion-MNIST items on CIFAR-10 scenes (`fashion_scenes`), scene class = label with
+probability rho (0.9), little data (1,500 training images, 300 of them held out for
+selection) and long training (40 epochs, lr ÷10 at 32 and 37), so that PGD-AT overfits
+(a robust gap of 10+ points), leans on the scene (a BG-gap) and reads the object less.
 
-    python experiments/background_study.py --seeds 0 &     # one process per seed, in parallel
-    python experiments/background_study.py --seeds 1 &
-    python experiments/background_study.py --report        # table, curves, overlays
+Variants (4 seeds each, same data, schedule and attack budget):
+    standard          CE, best.pt selected on clean validation accuracy; also the frozen
+                      Grad-CAM network of `dhat_frozen` (same seed)
+    pgd_at            PGD-AT
+    uiat_inv4/12      UIAT at ε_inv 4/255 and 12/255
+    dhat_self         DHAT, official loss forms, mask from the model being trained
+    dhat_frozen       DHAT, the official recipe: mask from the frozen standard network
+    dhat_dhlr         DHAT with the paper's DHLR (self mask)
+    calib_object      calibration: PGD-AT on images whose scene is random (rho 0.1)
+    calib_scene       calibration: PGD-AT labelled by the scene's class (rho 0.1)
+and a rho sweep of PGD-AT (rho 0.5, 0.7, 1.0; 0.9 is `pgd_at`) on seeds 0 and 1.
 
-Finished runs and cards are reused, so an interrupted study continues where it stopped.
+Phases (each resumable: finished runs and cards are reused, an interrupted run resumes):
+    python experiments/background_study.py train --seeds 0 2 &   # two processes, one thread each
+    python experiments/background_study.py train --seeds 1 3 &
+    python experiments/background_study.py eval                  # cards + per-image records
+    python experiments/background_study.py report                # tables and figures
+
+Checkpoints go to --runs (outside git); cards, per-image records, tables, figures and the
+study record (every invocation with its commit) to experiments/results/background_study.
 """
 
 from __future__ import annotations
@@ -22,58 +34,126 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dhat.config import EvalConfig, TrainConfig
-from dhat.eval import evaluate_checkpoint
 from dhat.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from study_record import record_invocation  # noqa: E402  (a sibling script module)
 
 OUT = Path("experiments/results/background_study")
-UIAT_EPS = (2, 4, 8, 12)
+RUNS = Path("../runs/background_study")
+RHO_SWEEP = (0.5, 0.7, 1.0)
+RHO_SEEDS = (0, 1)
 
 
-def variants() -> dict[str, tuple[str, dict]]:
-    out: dict[str, tuple[str, dict]] = {"standard": ("standard", {}), "pgd_at": ("pgd_at", {})}
-    for e in UIAT_EPS:
-        out[f"uiat_inv{e}"] = ("uiat", {"eps_inv": e / 255})
-    out["dhat_official"] = ("dhat", {})
-    out["dhat_paper_dhlr"] = ("dhat", {"dhlr": "paper"})
-    out["dhat_paper_floe"] = ("dhat", {"floe": "paper"})
+@dataclass(frozen=True)
+class Variant:
+    """One row of the study: a method with its options and the data it trains on."""
+
+    method: str
+    method_args: dict = field(default_factory=dict)
+    rho: float = 0.9
+    label: str = "object"
+    select_metric: str = "robust"
+
+
+def variants() -> dict[str, Variant]:
+    out = {
+        "standard": Variant("standard", select_metric="clean"),
+        "pgd_at": Variant("pgd_at"),
+        "uiat_inv4": Variant("uiat", {"eps_inv": 4 / 255}),
+        "uiat_inv12": Variant("uiat", {"eps_inv": 12 / 255}),
+        "dhat_self": Variant("dhat"),
+        "dhat_frozen": Variant("dhat", {"cam_model": "{standard}"}),
+        "dhat_dhlr": Variant("dhat", {"dhlr": "paper"}),
+        "calib_object": Variant("pgd_at", rho=0.1),
+        "calib_scene": Variant("pgd_at", rho=0.1, label="scene"),
+    }
+    for rho in RHO_SWEEP:
+        out[f"pgd_at_rho{rho:g}"] = Variant("pgd_at", rho=rho)
     return out
 
 
+MAIN = [k for k in variants() if not k.startswith("pgd_at_rho")]
+SWEEP = [k for k in variants() if k.startswith("pgd_at_rho")]
+
+
+def run_dir(args, name: str, seed: int) -> Path:
+    return args.runs / f"{name}_s{seed}"
+
+
 def train_config(args, name: str, seed: int) -> TrainConfig:
-    method, method_args = variants()[name]
+    v = variants()[name]
+    method_args = {
+        k: (str(run_dir(args, "standard", seed) / "best.pt") if val == "{standard}" else val)
+        for k, val in v.method_args.items()
+    }
     return TrainConfig(
         dataset="fashion_scenes",
         data_root=args.data_root,
-        dataset_args={"n_train": args.n_train, "n_test": args.n_test, "rho": args.rho},
+        dataset_args={
+            "n_train": args.n_train,
+            "n_test": args.n_test,
+            "rho": v.rho,
+            "label": v.label,
+        },
         val_size=args.val_size,
-        augment=args.augment,
+        augment=False,
         model="small_cnn",
         model_args={"width": args.width},
-        method=method,
-        method_args=dict(method_args),
+        method=v.method,
+        method_args=method_args,
         steps=args.train_steps,
         val_steps=args.train_steps,
         epochs=args.epochs,
         milestones=args.milestones,
         batch_size=128,
         lr=args.lr,
-        out_dir=str(args.out / "runs" / f"{name}_s{seed}"),
+        select_metric=v.select_metric,  # type: ignore[arg-type]  # a Literal checked by the config
+        out_dir=str(run_dir(args, name, seed)),
         seed=seed,
         progress=args.progress,
+        threads=args.threads,
     )
 
 
-def eval_config(args, run_dir: Path, card: Path) -> EvalConfig:
+def finished(cfg: TrainConfig) -> bool:
+    last = Path(cfg.out_dir) / "last.pt"
+    return last.is_file() and torch.load(last, weights_only=True)["epoch"] + 1 >= cfg.epochs
+
+
+def train_one(args, name: str, seed: int) -> None:
+    cfg = train_config(args, name, seed)
+    if finished(cfg):
+        return
+    last = Path(cfg.out_dir) / "last.pt"
+    t0 = time.time()
+    train(cfg, resume=last.is_file(), overwrite=not last.is_file())
+    log = [json.loads(ln) for ln in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+    end = log[-1]
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name} s{seed}: {time.time() - t0:.0f} s; last epoch "
+        f"train_adv {end.get('train_adv_acc', float('nan')):.3f} val_clean "
+        f"{end['val_clean_acc']:.3f} val_robust {end['val_robust_acc']:.3f}",
+        flush=True,
+    )
+
+
+def plan(seeds: list[int], names: list[str]) -> list[tuple[str, int]]:
+    """Main variants seed by seed (standard first: dhat_frozen needs it), then the rho sweep."""
+    jobs = [(n, s) for s in seeds for n in MAIN if n in names]
+    jobs += [(n, s) for s in seeds if s in RHO_SEEDS for n in SWEEP if n in names]
+    return jobs
+
+
+def eval_config(args, rdir: Path, card: Path, records: Path) -> EvalConfig:
     return EvalConfig(
-        checkpoint=str(run_dir / "best.pt"),
+        checkpoint=str(rdir / "best.pt"),
         data_root=args.data_root,
         attacks=["clean", "pgd10"],
         n_test=args.n_test,
@@ -82,84 +162,52 @@ def eval_config(args, run_dir: Path, card: Path) -> EvalConfig:
         sanity=True,
         sanity_n=100,
         out=str(card),
+        records=str(records),
     )
-
-
-def run_one(args, name: str, seed: int) -> dict:
-    """Train (or finish) one run and evaluate it; a finished card is reused."""
-    card_path = args.out / "cards" / f"{name}_s{seed}.json"
-    if card_path.is_file():
-        return json.loads(card_path.read_text())
-    cfg = train_config(args, name, seed)
-    run_dir = Path(cfg.out_dir)
-    last = run_dir / "last.pt"
-    if not last.is_file() or torch.load(last, weights_only=True)["epoch"] + 1 < cfg.epochs:
-        train(cfg, resume=last.is_file(), overwrite=not last.is_file())
-    card = evaluate_checkpoint(eval_config(args, run_dir, card_path), progress=args.progress)
-    log = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-    card.update(
-        variant=name,
-        seed=seed,
-        train_seconds=round(sum(e["seconds"] for e in log), 1),  # summed over resumes
-        log=log,
-    )
-    card_path.write_text(json.dumps(card, indent=2))
-    return card
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", choices=["train", "eval", "report"])
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--runs", type=Path, default=RUNS, help="checkpoints (outside git)")
     p.add_argument("--data-root", default="../shared/data")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
-    p.add_argument("--rho", type=float, default=0.9)
-    p.add_argument("--n-train", type=int, default=10000)
+    p.add_argument("--n-train", type=int, default=1500)
     p.add_argument("--n-test", type=int, default=2000)
-    p.add_argument("--val-size", type=int, default=500)
+    p.add_argument("--val-size", type=int, default=300)
     p.add_argument("--gap-train-images", type=int, default=1000)
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="crop + flip (off: the budget then fits the training set better)",
-    )
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=9)
-    p.add_argument("--milestones", type=int, nargs="*", default=[7, 8])
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--milestones", type=int, nargs="*", default=[32, 37])
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--report", action="store_true", help="only (re)write the table and figures")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    (args.out / "cards").mkdir(parents=True, exist_ok=True)
-    if args.report:
-        sys.path.insert(0, str(Path(__file__).parent))
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = plan(args.seeds, args.variants)
+    if args.phase == "report":
         from background_report import write_report
 
-        write_report(args.out, data_root=args.data_root)
+        write_report(args.out)
         return 0
     record_invocation(
         args.out,
         args.seeds,
         args.threads,
-        {f"{v}_s{s}": train_config(args, v, s) for s in args.seeds for v in args.variants},
-        eval_config(args, Path("RUN"), Path("CARD")),
+        {f"{n}_s{s}": train_config(args, n, s) for n, s in jobs},
+        None if args.phase == "train" else eval_config(args, Path("RUN"), Path("CARD"), Path("R")),
     )
-    for seed in args.seeds:
-        for name in args.variants:
-            card = run_one(args, name, seed)
-            b = card["background"]
-            print(
-                f"[{time.strftime('%H:%M:%S')}] {name} s{seed}: mixed_same "
-                f"{b['accuracy']['mixed_same']['clean']['value']:.3f} mixed_rand "
-                f"{b['accuracy']['mixed_rand']['clean']['value']:.3f} BG-gap "
-                f"{b['bg_gap']['clean']['value']:.3f} pgd10 {card['accuracy']['pgd10']:.3f} "
-                f"({card['train_seconds'] / 60:.1f} min)",
-                flush=True,
-            )
+    if args.phase == "train":
+        for name, seed in jobs:
+            train_one(args, name, seed)
+        return 0
+    from background_eval import evaluate_all
+
+    evaluate_all(args, jobs)
     return 0
 
 

@@ -38,5 +38,6 @@ def record_invocation(
         }
     )
     meta.setdefault("configs", {}).update({k: asdict(v) for k, v in configs.items()})
-    meta["eval_config"] = asdict(eval_config)
+    if eval_config is not None:  # a training-only invocation records no evaluation config
+        meta["eval_config"] = asdict(eval_config)
     record.write_text(json.dumps(meta, indent=2, default=str))

@@ -100,6 +100,9 @@ class TrainConfig:
     select: Literal["raw", "ema"] = option(
         "raw", "which weights' validation robust accuracy selects best.pt"
     )
+    select_metric: Literal["robust", "clean"] = option(
+        "robust", "the validation accuracy that selects best.pt (clean for standard training)"
+    )
     # generated data mixed into every batch (the DM-Improves-AT .npz format)
     aux_data: str | None = option(
         None,

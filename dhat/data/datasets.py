@@ -18,11 +18,14 @@ DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dha
 
 @dataclass
 class Split:
-    """An extra evaluation split: images (N, 3, H, W) uint8, labels (N,), masks (N, H, W) bool."""
+    """An extra evaluation split: images (N, 3, H, W) uint8, labels (N,), masks (N, H, W) bool,
+    and `scene_y` (N,) the class of each image's background scene where the dataset has one
+    (-1 for an image without a scene)."""
 
     x: torch.Tensor
     y: torch.Tensor
     masks: torch.Tensor | None = None
+    scene_y: torch.Tensor | None = None
 
 
 @dataclass

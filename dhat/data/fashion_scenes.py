@@ -309,16 +309,23 @@ def fashion_scenes(
     fashion_root: str | None = None,
     cifar_root: str | None = None,
     download: bool = False,
+    label: str = "object",
 ) -> DataBundle:
     """Fashion-MNIST items on CIFAR-10 scenes (see the module docstring). Training: `n_train`
     images from Fashion-MNIST train on CIFAR-10 train scenes; every test-side split: `n_test`
     images from t10k on CIFAR-10 test scenes. The bundle's test split is `test` (drawn like
-    training); the others are in `bundle.splits`. mean/std are the training split's."""
+    training); the others are in `bundle.splits`. mean/std are the training split's.
+
+    `label="scene"` labels the *training* images by their scene's CIFAR-10 class instead of
+    the item's (with rho 0.1 the item then carries no information about the label): the
+    scene-only calibration model. Test-side splits always keep the item's label."""
     if download:
         raise UserError(
             "fashion_scenes has no download: put Fashion-MNIST's idx .gz files and "
             "CIFAR-10's python pickles on disk (see --data-root)"
         )
+    if label not in ("object", "scene"):
+        raise UserError(f"fashion_scenes: label must be 'object' or 'scene', got {label!r}")
     if n_train < 0 or n_test < 0:
         raise UserError(f"fashion_scenes: n_train and n_test must be >= 0, got {n_train}, {n_test}")
     fm, cf = _resolve_roots(root, fashion_root, cifar_root)
@@ -335,11 +342,13 @@ def fashion_scenes(
         te_items, te_labels, te_scenes, te_scene_y, n_test, seed=s_test, splits=SPLITS, **kw
     )
     mean, std = channel_stats(tr["images"] if n_train else te["test"]["images"])
-    splits = {k: Split(v["images"], v["labels"], v["masks"]) for k, v in te.items()}
+    splits = {
+        k: Split(v["images"], v["labels"], v["masks"], v["scene_class"]) for k, v in te.items()
+    }
     return DataBundle(
         "fashion_scenes",
         tr["images"],
-        tr["labels"],
+        tr["scene_class"] if label == "scene" else tr["labels"],
         te["test"]["images"],
         te["test"]["labels"],
         NUM_CLASSES,

@@ -378,7 +378,7 @@ class Trainer:
                     unwrap(self.model), epoch, {"val_class_acc": record.pop("_val_class_acc")}
                 )
             )
-            key = "val_robust_acc_ema" if self.cfg.select == "ema" else "val_robust_acc"
+            key = f"val_{self.cfg.select_metric}_acc" + ("_ema" if self.cfg.select == "ema" else "")
             improved = record[key] > self.best
             self.best = max(self.best, record[key])
             record["best"] = improved

@@ -1,6 +1,6 @@
 """Tables and figures of the background study, made from its result cards (and run logs).
 
-python experiments/background_study.py --report
+python experiments/background_study_v1.py --report
 """
 
 from __future__ import annotations
