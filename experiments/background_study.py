@@ -194,17 +194,20 @@ def main(argv=None) -> int:
 
         write_report(args.out)
         return 0
+    if args.phase == "train":
+        # a run's resolved config is saved beside it (config.yaml) and collected by `eval`:
+        # dhat_frozen's config cannot be built before its standard network exists
+        record_invocation(args.out, args.seeds, args.threads, {}, None)
+        for name, seed in jobs:
+            train_one(args, name, seed)
+        return 0
     record_invocation(
         args.out,
         args.seeds,
         args.threads,
         {f"{n}_s{s}": train_config(args, n, s) for n, s in jobs},
-        None if args.phase == "train" else eval_config(args, Path("RUN"), Path("CARD"), Path("R")),
+        eval_config(args, Path("RUN"), Path("CARD"), Path("RECORDS")),
     )
-    if args.phase == "train":
-        for name, seed in jobs:
-            train_one(args, name, seed)
-        return 0
     from background_eval import evaluate_all
 
     evaluate_all(args, jobs)
