@@ -156,9 +156,9 @@ def eval_config(args, rdir: Path, card: Path, records: Path) -> EvalConfig:
         checkpoint=str(rdir / "best.pt"),
         data_root=args.data_root,
         attacks=["clean", "pgd10"],
-        n_test=args.n_test,
+        n_test=args.eval_n,
         gap_train_images=args.gap_train_images,
-        background_n=args.n_test,
+        background_n=args.eval_n,
         sanity=True,
         sanity_n=100,
         out=str(card),
@@ -175,7 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     p.add_argument("--n-train", type=int, default=1500)
-    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=2000, help="test-side images generated")
+    p.add_argument("--eval-n", type=int, default=1000, help="images evaluated per split")
     p.add_argument("--val-size", type=int, default=300)
     p.add_argument("--gap-train-images", type=int, default=1000)
     p.add_argument("--width", type=int, default=16)
@@ -185,6 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
+    p.add_argument(
+        "--watch", action="store_true", help="eval: wait for unfinished runs and evaluate them"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -201,16 +205,17 @@ def main(argv=None) -> int:
         for name, seed in jobs:
             train_one(args, name, seed)
         return 0
+    trained = [(n, s) for n, s in jobs if (run_dir(args, n, s) / "last.pt").is_file()]
     record_invocation(
         args.out,
         args.seeds,
         args.threads,
-        {f"{n}_s{s}": train_config(args, n, s) for n, s in jobs},
+        {f"{n}_s{s}": train_config(args, n, s) for n, s in trained},
         eval_config(args, Path("RUN"), Path("CARD"), Path("RECORDS")),
     )
     from background_eval import evaluate_all
 
-    evaluate_all(args, jobs)
+    evaluate_all(args, jobs, watch=args.watch)
     return 0
 
 

@@ -113,10 +113,13 @@ def analyse_checkpoint(cfg: AttentionConfig) -> dict:
     except (AttributeError, ValueError) as e:
         raise UserError(f"Grad-CAM layer {cfg.layer!r} not found in the model: {e}") from None
     inverse = list(cfg.inverse_eps or [])
-    splits = {"test": (bundle.test_x, bundle.test_y, bundle.test_masks)}
-    splits.update({k: (v.x, v.y, v.masks) for k, v in bundle.splits.items() if v.masks is not None})
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    splits = {"test": (bundle.test_x, bundle.test_y, bundle.test_masks, None)}
+    splits.update(
+        {k: (v.x, v.y, v.masks, v.scene_y) for k, v in bundle.splits.items() if v.masks is not None}
+    )
     results = {}
-    for name, (x, y, m) in splits.items():
+    for name, (x, y, m, scene_y) in splits.items():
         n = min(cfg.n, len(y))
         torch.manual_seed(cfg.seed)
         results[name] = attention_iou(
@@ -128,6 +131,8 @@ def analyse_checkpoint(cfg: AttentionConfig) -> dict:
             layer=cfg.layer,
             batch_size=cfg.batch_size,
             inverse_eps=inverse or None,
+            null_seed=cfg.seed,
+            scene_y=scene_y[:n] if scene_y is not None and name == "mixed_rand" else None,
         )
         if bundle.class_names:
             for row in results[name]["per_class"]:
@@ -144,7 +149,7 @@ def analyse_checkpoint(cfg: AttentionConfig) -> dict:
     write_json(out, res)
     res["path"] = str(out)
     if cfg.overlay:
-        x, y, m = splits["test"]
+        x, y, m, _ = splits["test"]
         idx = torch.tensor([i for _, ix in select_per_class(y[: cfg.n].numpy(), 4) for i in ix])
         cams = attention_maps(model, x[idx], y[idx], layer=cfg.layer, batch_size=cfg.batch_size)
         save_overlay_grid(cfg.overlay, x[idx], m[idx], cams, y[idx], bundle.class_names)

@@ -7,8 +7,15 @@ checkpoint name added where one run has several cards.
 
 Columns: clean, pgdK, cw, cwK, aa, gap (robust gap) and, for cards with background-reliance
 measures, bg_gap / bg_gap_pgd10 (mixed_same − mixed_rand), acc:SPLIT / pgd10:SPLIT (accuracy
-on a split), fg_iou / bg_iou (natural images, mixed_rand) and fg_iou_inv / bg_iou_inv
-(inverse images), each optionally :SPLIT.
+on a split), share / share_null / share_gain (object share of the Grad-CAM, its shuffled-
+mask null and share − null), scene_map (background share of the scene class's map − its
+null), fg_iou / bg_iou (natural images, mixed_rand) and fg_iou_inv / bg_iou_inv (inverse
+images), each optionally :SPLIT.
+
+`paired_table` compares every row with a reference row on the same images: the paired
+difference of each column, from the cards' per-image records, with a 95 % interval; rows
+sharing a label are the seeds of one method, and their interval includes seed variation
+(`dhat.analysis.paired`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,16 @@ from ..errors import UserError
 from ..eval.card import read_card
 
 DEFAULT_COLUMNS = ("clean", "pgd10", "cw", "aa", "gap")
-BACKGROUND_COLUMNS = ("bg_gap", "bg_gap_pgd10", "fg_iou", "bg_iou")
+BACKGROUND_COLUMNS = ("bg_gap", "bg_gap_pgd10", "share", "share_null", "share_gain", "fg_iou")
+ATTENTION_COLUMNS = {  # column -> the card's attention measure (natural images)
+    "share": "object_share",
+    "share_null": "object_share_null",
+    "share_gain": "object_share_minus_null",
+    "fg_iou": "fg_iou",
+    "bg_iou": "bg_iou",
+    "fg_iou_null": "fg_iou_null",
+    "bg_iou_null": "bg_iou_null",
+}
 IOU_DEFAULT_SPLIT = "mixed_rand"
 
 
@@ -37,6 +53,12 @@ def column_title(key: str) -> str:
         "bg_iou": "bg IoU",
         "fg_iou_inv": "fg IoU (x̌)",
         "bg_iou_inv": "bg IoU (x̌)",
+        "share": "object share",
+        "share_null": "share null",
+        "share_gain": "share − null",
+        "scene_map": "scene map on bg − null",
+        "fg_iou_null": "fg IoU null",
+        "bg_iou_null": "bg IoU null",
     }
     base, _, split = key.partition(":")
     if base in titles:
@@ -102,6 +124,15 @@ def value(card: dict[str, Any], key: str) -> float | None:
     if base in ("bg_gap", "bg_gap_pgd10"):
         v = (b or {}).get("bg_gap", {}).get("clean" if base == "bg_gap" else "pgd10")
         return None if v is None else 100 * v["value"]
+    if base == "scene_map":
+        att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {}).get("natural", {})
+        if "scene_bg_share" not in att:
+            return None
+        return att["scene_bg_share"]["value"] - att["scene_bg_share_null"]["value"]
+    if base in ATTENTION_COLUMNS and base not in ("fg_iou", "bg_iou"):
+        att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {}).get("natural", {})
+        m = att.get(ATTENTION_COLUMNS[base])
+        return None if m is None else m["value"]
     if base in ("fg_iou", "bg_iou", "fg_iou_inv", "bg_iou_inv"):
         att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {})
         kind = (
@@ -128,6 +159,11 @@ def count(card: dict[str, Any], key: str) -> int | None:
     if base in ("clean", "cw") or (base.startswith(("pgd", "cw")) and ":" not in key):
         return card.get("n_test") if key in card["accuracy"] else None
     return (card.get("background") or {}).get("n")
+
+
+def _is_fraction(key: str) -> bool:
+    base = key.partition(":")[0]
+    return "iou" in base or base in ATTENTION_COLUMNS or base == "scene_map"
 
 
 def _lower_is_better(key: str) -> bool:
@@ -164,7 +200,7 @@ def markdown_table(
             if x is None:
                 cells.append("–")
                 continue
-            s = f"{x:.3f}" if "iou" in columns[j] else f"{x:.2f}"
+            s = f"{x:.3f}" if _is_fraction(columns[j]) else f"{x:.2f}"
             if per_cell[j]:
                 s += f" ({counts[i][j]})"
             b = best[j]
@@ -221,7 +257,9 @@ def plot_report(
     cols = [
         c
         for c in columns
-        if c != "gap" and "iou" not in c and any(value(card, c) is not None for _, card in rows)
+        if c != "gap"
+        and not _is_fraction(c)
+        and any(value(card, c) is not None for _, card in rows)
     ]
     if not cols:
         raise UserError("nothing to plot: the cards have no curves and no accuracies")
@@ -240,3 +278,89 @@ def plot_report(
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return path
+
+
+# ----------------------------------------------------------------------------- paired
+def record_terms(key: str) -> list[tuple[float, str]]:
+    """The per-image records behind a column, as (sign, record name) terms (see
+    `dhat.eval.records`); a one-line UserError for a column that has none."""
+    base, _, split = key.partition(":")
+    sp = split or IOU_DEFAULT_SPLIT
+    nat = f"att|{sp}|natural"
+    if base == "gap":
+        return [(1, "gap|train"), (-1, "gap|test")]
+    if base == "aa":
+        return [(1, "aa|robust")]
+    if base in ("bg_gap", "bg_gap_pgd10"):
+        a = "clean" if base == "bg_gap" else "pgd10"
+        return [(1, f"bg|mixed_same|{a}"), (-1, f"bg|mixed_rand|{a}")]
+    if base == "share":
+        return [(1, f"{nat}|share")]
+    if base == "share_null":
+        return [(1, f"{nat}|share_null")]
+    if base == "share_gain":
+        return [(1, f"{nat}|share"), (-1, f"{nat}|share_null")]
+    if base == "scene_map":
+        return [(1, f"{nat}|scene_bg_share"), (-1, f"{nat}|scene_bg_share_null")]
+    if base in ("fg_iou", "bg_iou"):
+        return [(1, f"{nat}|{base[:2]}")]
+    if base in ("fg_iou_null", "bg_iou_null"):
+        return [(1, f"{nat}|{base[:2]}_null")]
+    if split:
+        return [(1, f"bg|{split}|{'clean' if base == 'acc' else base}")]
+    if base == "clean" or base.startswith(("pgd", "cw")):
+        return [(1, f"test|{base}")]
+    raise UserError(f"column {key!r} has no per-image records to pair")
+
+
+def paired_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    reference: str,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    *,
+    n_boot: int = 2000,
+) -> str:
+    """Paired differences (row − reference) per column, in the table's units, with 95 %
+    intervals: rows with the same label are seeds of one method, paired with the reference's
+    seeds in order (its interval then includes seed variation). Needs every card's per-image
+    records (their SHA-256 is checked) and the same images per column."""
+    from ..eval.records import card_records
+    from .paired import hierarchical_bootstrap, paired_values
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for label, card in rows:
+        groups.setdefault(label, []).append(card)
+    if reference not in groups:
+        known = ", ".join(groups)
+        raise UserError(f"--reference {reference!r} names no row; the rows are: {known}")
+    records = {id(c): card_records(c) for cs in groups.values() for c in cs}
+    ref = groups[reference]
+    heads = [column_title(c) for c in columns]
+    lines = [
+        f"Paired differences against **{reference}** (row − reference, same images; "
+        "95 % interval, seeds then images):",
+        "",
+        "| Method | seeds | " + " | ".join(heads) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for label, cards in groups.items():
+        if label == reference:
+            continue
+        k = min(len(cards), len(ref))
+        cells = []
+        for c in columns:
+            present = all(value(card, c) is not None for card in cards[:k] + ref[:k])
+            if not present:
+                cells.append("–")
+                continue
+            terms = record_terms(c)
+            per = [
+                paired_values(a, records[id(a)], b, records[id(b)], terms)
+                for a, b in zip(cards[:k], ref[:k])
+            ]
+            r = hierarchical_bootstrap(per, n_boot=n_boot)
+            f, d = (1, 3) if _is_fraction(c) else (100, 2)
+            lo, hi = r["ci"]
+            cells.append(f"{f * r['value']:+.{d}f} [{f * lo:+.{d}f}, {f * hi:+.{d}f}]")
+        lines.append(f"| {label} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -71,6 +71,10 @@ class EvalConfig:
         None, "inverse images for the attention IoU (default: the run's ε_inv)", budget=True
     )
     threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=NONNEG)
+    records: str | None = option(
+        None,
+        "per-image records .npz (default: <card>.records.npz beside the card; 'off' = none)",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)

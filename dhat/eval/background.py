@@ -2,11 +2,16 @@
 
 For each split (mixed_same, mixed_rand, only_fg, only_bg, ...) on its first `n` images:
 clean and PGD-10 accuracy; the BG-gap = acc(mixed_same) − acc(mixed_rand), clean and under
-PGD-10; and where the split has masks, the foreground and background IoU of the true-class
-Grad-CAM binarised at 0.5, on natural images and on inverse-adversarial images (CE descent,
-10 steps of 2/255, at `inverse_eps`). Every number carries a 95 % percentile-bootstrap
-interval over the test images; the splits share their items, so the BG-gap's bootstrap
-resamples image pairs.
+PGD-10; and where the split has masks, the attention measures of `attention.py` — the object
+share of the true-class Grad-CAM, the foreground and background IoU of that map binarised at
+0.5, each beside its shuffled-mask null, and on mixed_rand the background share of the scene
+class's map — on natural images and on inverse-adversarial images (CE descent, 10 steps of
+2/255, at `inverse_eps`). Every number carries a 95 % percentile-bootstrap interval over the
+test images; the splits share their items, so the BG-gap's bootstrap resamples image pairs,
+and measure − null is bootstrapped per image.
+
+With `records` (a dict), every per-image value behind these numbers is added to it
+(`record_key`) so that two models evaluated on the same images can be compared pairwise.
 """
 
 from __future__ import annotations
@@ -16,11 +21,35 @@ from typing import Any
 
 import torch
 
-from .attention import attention_per_image, eps_key
+from .attention import attention_per_image, derangement, eps_key
+from .records import images_sha256
 from .robust import AttackFn, correct_under
 
 GAP_SPLITS = ("mixed_same", "mixed_rand")
 IOU_SPLITS = ("mixed_same", "mixed_rand")
+SCENE_MAP_SPLITS = ("mixed_rand",)
+# per-image attention values kept in the card (as mean and interval): card name -> record name
+ATTENTION_MEASURES = {
+    "object_share": "share",
+    "object_share_null": "share_null",
+    "fg_iou": "fg",
+    "fg_iou_null": "fg_null",
+    "bg_iou": "bg",
+    "bg_iou_null": "bg_null",
+    "cam_area": "area",
+    "scene_bg_share": "scene_bg_share",
+    "scene_bg_share_null": "scene_bg_share_null",
+}
+
+
+def setting_name(eps: float | None) -> str:
+    """None -> "natural", 4/255 -> "inverse 4/255" (the card's key of an attention setting)."""
+    return "natural" if eps is None else f"inverse {eps_key(eps)}"
+
+
+def record_key(*parts: str) -> str:
+    """The per-image record name of a value: parts joined by '|' ("bg|mixed_rand|clean")."""
+    return "|".join(parts)
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
@@ -32,6 +61,9 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
 def mean_ci(values: torch.Tensor, idx: torch.Tensor) -> dict[str, Any]:
     """{"value": mean, "ci": [2.5 %, 97.5 %]} of the bootstrap means of (N,) `values`."""
     v = values.double()
+    if v.isnan().any():  # a measure undefined on some images (no scene): over the others
+        keep = ~v.isnan()
+        v, idx = v[keep], idx[:, : int(keep.sum())] % max(int(keep.sum()), 1)
     if len(v) == 0:
         return {"value": float("nan"), "ci": [float("nan"), float("nan")]}
     means = v[idx].mean(1)
@@ -75,17 +107,22 @@ def background_measures(
     n_boot: int = 1000,
     iou_splits: Sequence[str] = IOU_SPLITS,
     threshold: float = 0.5,
+    records: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The measures above on `splits` ({name: Split}) -> a JSON-ready dict:
     {"n", "n_boot", "accuracy": {split: {attack: {"value", "ci"}}},
      "bg_gap": {attack: {"value", "ci"}},
-     "attention": {split: {"natural" | "inverse 4/255": {"fg_iou", "bg_iou", "cam_area": {...}}}},
-     "inverse_eps", "threshold"}. `n` = 0 uses every image of each split."""
+     "attention": {split: {"natural" | "inverse 4/255": {measure: {"value", "ci"}}}},
+     "inverse_eps", "threshold", "null_seed"}; the attention measures are ATTENTION_MEASURES
+    (scene_bg_* on mixed_rand only) and "object_share_minus_null" (bootstrapped per image).
+    `n` = 0 uses every image of each split. The null's derangement is `derangement(n, seed)`.
+    """
 
     out: dict[str, Any] = {
         "n_boot": n_boot,
         "threshold": threshold,
         "inverse_eps": [float(e) for e in inverse_eps],
+        "null_seed": seed,
         "accuracy": {},
         "attention": {},
     }
@@ -95,13 +132,17 @@ def background_measures(
         m = n or len(split.y)
         x, y = split.x[:m], split.y[:m]
         sizes.append(len(y))
+        out.setdefault("images_sha256", {})[name] = images_sha256(x, y)
         idx = bootstrap_indices(len(y), n_boot, seed)
         correct[name] = split_correctness(
             model, x, y, attacks, batch_size=batch_size, device=device, seed=seed
         )
         out["accuracy"][name] = {k: mean_ci(v, idx) for k, v in correct[name].items()}
+        if records is not None:
+            records.update({record_key("bg", name, k): v for k, v in correct[name].items()})
         if name in iou_splits and split.masks is not None:
             torch.manual_seed(seed)
+            scene_y = split.scene_y[:m] if split.scene_y is not None else None
             per = attention_per_image(
                 model,
                 x,
@@ -110,15 +151,18 @@ def background_measures(
                 threshold=threshold,
                 batch_size=batch_size,
                 inverse_eps=list(inverse_eps),
+                null_perm=derangement(len(y), seed),
+                scene_y=scene_y if name in SCENE_MAP_SPLITS else None,
             )
-            out["attention"][name] = {
-                ("natural" if s is None else f"inverse {eps_key(s)}"): {
-                    "fg_iou": mean_ci(v["fg"], idx),
-                    "bg_iou": mean_ci(v["bg"], idx),
-                    "cam_area": mean_ci(v["area"], idx),
-                }
-                for s, v in per.items()
-            }
+            out["attention"][name] = {}
+            for s, v in per.items():
+                cell = {k: mean_ci(v[r], idx) for k, r in ATTENTION_MEASURES.items() if r in v}
+                cell["object_share_minus_null"] = mean_ci(v["share"] - v["share_null"], idx)
+                out["attention"][name][setting_name(s)] = cell
+                if records is not None:
+                    records.update(
+                        {record_key("att", name, setting_name(s), r): t for r, t in v.items()}
+                    )
     out["n"] = min(sizes) if sizes else 0
     if all(s in correct for s in GAP_SPLITS):
         same, rand = (correct[s] for s in GAP_SPLITS)

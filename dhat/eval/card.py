@@ -215,10 +215,31 @@ def format_card(card: dict[str, Any]) -> str:
             )
         for split, kinds in b.get("attention", {}).items():
             for kind, m in kinds.items():
+                if "object_share" in m:  # cards written before the object share lack it
+                    rows.append(
+                        (
+                            f"object share (null), {split}, {kind}",
+                            f"{m['object_share']['value']:.3f} "
+                            f"({m['object_share_null']['value']:.3f})",
+                        )
+                    )
+                if "scene_bg_share" in m:
+                    rows.append(
+                        (
+                            f"scene-class map on bg (null), {split}, {kind}",
+                            f"{m['scene_bg_share']['value']:.3f} "
+                            f"({m['scene_bg_share_null']['value']:.3f})",
+                        )
+                    )
+                null = (
+                    f" (null {m['fg_iou_null']['value']:.3f} / {m['bg_iou_null']['value']:.3f})"
+                    if "fg_iou_null" in m
+                    else ""
+                )
                 rows.append(
                     (
                         f"IoU fg / bg, {split}, {kind}",
-                        f"{m['fg_iou']['value']:.3f} / {m['bg_iou']['value']:.3f}",
+                        f"{m['fg_iou']['value']:.3f} / {m['bg_iou']['value']:.3f}{null}",
                     )
                 )
     w = max(len(k) for k, _ in rows)

@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..io import file_sha256
 from .background import background_measures, robust_gap_ci
 from .card import SCHEMA, check_writable, save_card, validate_card
+from .records import images_sha256, records_path, write_records
 from .robust import correct_under
 
 Log = Callable[[str], None] | None
@@ -97,12 +98,15 @@ def evaluate_model(
     background_n: int = 0,
     inverse_eps: tuple[float, ...] = (),
     log: Log = None,
+    records: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy (fraction) under each named attack on the first `n_test` test images
     ("aa" = standard AutoAttack on the first `aa_n`, default `n_test`), the robust gap
     (PGD-10 train minus test) when `gap_train` images are given, robustness curves and sanity
     checks when asked, and the background-reliance measures (`background.py`) when the dataset
-    has object/background splits. `progress`: tqdm bars; `log`: one line per finished part."""
+    has object/background splits. `progress`: tqdm bars; `log`: one line per finished part.
+    With `records` (a dict), the per-image values behind every number are added to it
+    (`records.py` names them), and the result's "images_sha256" identifies each image set."""
     from .sanity import check_train_mode, run_sanity_checks
 
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
@@ -111,7 +115,7 @@ def evaluate_model(
         x, y = x[:n_test], y[:n_test]
     acc: dict[str, float] = {}
     correct: dict[str, torch.Tensor] = {}
-    out: dict[str, Any] = {"n_test": len(y)}
+    out: dict[str, Any] = {"n_test": len(y), "images_sha256": {"test": images_sha256(x, y)}}
     aa_robust = None
     for name in attacks:
         if name == "aa":
@@ -131,6 +135,9 @@ def evaluate_model(
             )
             acc["aa"] = out["autoattack"]["robust_accuracy"]
             out["n_aa"] = out["autoattack"]["n"]
+            out["images_sha256"]["aa"] = images_sha256(x[:n], y[:n])
+            if records is not None and aa_robust is not None:
+                records["aa|robust"] = torch.as_tensor(aa_robust).bool()
             continue
         torch.manual_seed(seed)
         correct[name] = correct_under(
@@ -143,6 +150,8 @@ def evaluate_model(
             desc=name if progress else None,
         )
         acc[name] = correct[name].float().mean().item()
+        if records is not None:
+            records[f"test|{name}"] = correct[name]
         if log is not None:
             log(f"  {name}: {100 * acc[name]:.2f}%")
     out["accuracy"] = acc
@@ -162,6 +171,9 @@ def evaluate_model(
             desc="gap (train)" if progress else None,
         )
         train, test = train_correct.float().mean().item(), test_correct.float().mean().item()
+        out["images_sha256"]["gap_train"] = images_sha256(*gap_train)
+        if records is not None:
+            records["gap|train"], records["gap|test"] = train_correct, test_correct
         out["robust_gap"] = {
             "attack": "pgd10",
             "train": train,
@@ -181,6 +193,7 @@ def evaluate_model(
             batch_size=batch_size,
             device=device,
             seed=seed,
+            records=records,
         )
     if curves:
         from .curves import robustness_curves
@@ -369,6 +382,7 @@ def evaluate_checkpoint(
     inverse_eps = tuple(cfg.inverse_eps or run_inverse_eps(info))
     torch.manual_seed(cfg.seed)
     gap = training_images(data, run_cfg, cfg.gap_train_images) if cfg.gap_train_images else None
+    records: dict[str, Any] | None = {} if cfg.records != "off" else None
     result = evaluate_model(
         model,
         data,
@@ -390,9 +404,17 @@ def evaluate_checkpoint(
         background_n=cfg.background_n,
         inverse_eps=inverse_eps,
         log=log,
+        records=records,
     )
     card = build_card(result, info, cfg, dataset=dataset, eps=eps, seconds=time.perf_counter() - t0)
     validate_card(card)
+    if write and records is not None:
+        rpath = Path(cfg.records) if cfg.records else records_path(out)
+        card["records"] = {
+            "file": rpath.name if rpath.parent.resolve() == out.parent.resolve() else str(rpath),
+            "sha256": write_records(rpath, records),
+            "names": sorted(records),
+        }
     if write:
         if "curves" in card:
             plot_card_curves(card, out.with_name(f"{out.stem}_curves.png"))
@@ -448,7 +470,7 @@ def build_card(
         "summary_percent": summary,
         **{
             k: result[k]
-            for k in ("robust_gap", "autoattack", "curves", "background")
+            for k in ("robust_gap", "autoattack", "curves", "background", "images_sha256")
             if k in result
         },
         "sanity": sanity,
