@@ -4,9 +4,10 @@ run, through `dhat.eval.evaluate_checkpoint`.
 Main card: the checkpoint at the end of training (`last.pt`: the robust gap is the paper's
 end-of-training gap, and robust overfitting lives there) — clean and PGD-10 on the test
 split and every background split, the BG-gap, the attention measures with their nulls
-(natural and inverse images at ε_inv 4/255 for every run, so that runs compare), and the
-robust gap on training images. Selection card: the validation-selected `best.pt`, clean,
-PGD-10 and the robust gap only. A finished card is reused.
+(natural images; with --inverse also inverse images at ε_inv 4/255 for every run, so that
+runs compare), and the robust gap on training images. With --selected, a selection card:
+the validation-selected `best.pt`, clean, PGD-10 and the robust gap only. A finished card is
+reused.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def evaluate_run(args, name: str, seed: int, quiet: bool = False) -> dict | None
                 args, rdir, main_path, Path(str(main_path)[: -len(".json")] + ".records.npz")
             ),
             checkpoint=str(last),
-            inverse_eps=[4 / 255],
+            inverse_eps=[4 / 255] if args.inverse else [],
         )
         card = evaluate_checkpoint(ec, progress=args.progress)
         card.update(extra)
         card.pop("path", None)
         main_path.write_text(json.dumps(card, indent=2))
-    if not best_path.is_file():
+    if args.selected and not best_path.is_file():
         ec = replace(
             eval_config(
                 args, rdir, best_path, Path(str(best_path)[: -len(".json")] + ".records.npz")

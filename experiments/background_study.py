@@ -145,9 +145,12 @@ def train_one(args, name: str, seed: int) -> None:
 
 
 def plan(seeds: list[int], names: list[str]) -> list[tuple[str, int]]:
-    """Main variants seed by seed (standard first: dhat_frozen needs it), then the rho sweep."""
-    jobs = [(n, s) for s in seeds for n in MAIN if n in names]
-    jobs += [(n, s) for s in seeds if s in RHO_SEEDS for n in SWEEP if n in names]
+    """Seed by seed: the main variants (standard first: dhat_frozen needs it), then that
+    seed's rho sweep where it has one."""
+    jobs = []
+    for s in seeds:
+        jobs += [(n, s) for n in MAIN if n in names]
+        jobs += [(n, s) for n in SWEEP if n in names and s in RHO_SEEDS]
     return jobs
 
 
@@ -188,6 +191,16 @@ def main(argv=None) -> int:
     p.add_argument("--progress", action="store_true")
     p.add_argument(
         "--watch", action="store_true", help="eval: wait for unfinished runs and evaluate them"
+    )
+    p.add_argument(
+        "--selected",
+        action="store_true",
+        help="eval: also the validation-selected best.pt (clean, PGD-10, robust gap)",
+    )
+    p.add_argument(
+        "--inverse",
+        action="store_true",
+        help="eval: the attention measures on inverse images (ε_inv 4/255) too",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
