@@ -11,8 +11,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError, clip, excerpt
 from .models.registry import cam_layer, unwrap
 from .modes import BNMode, frozen_params, model_mode
+
+
+def check_cam_layer(
+    model: nn.Module, layer: str | nn.Module | None, where: str = "Grad-CAM layer"
+) -> nn.Module:
+    """The module `layer` names in `model` (None: the model's `cam_layer`); a one-line
+    UserError naming a few of the model's modules if it has no such module."""
+    try:
+        return cam_layer(model, layer)
+    except (AttributeError, ValueError) as e:
+        names = [n for n, _ in unwrap(model).named_modules() if n and n.count(".") < 1]
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        what = f"{where} {excerpt(layer)}" if layer else where
+        raise UserError(
+            f"{what}: not a module of {type(unwrap(model)).__name__} "
+            f"({clip(str(e), 100)}); "
+            f"give a dotted path such as {shown}"
+        ) from None
 
 
 def minmax(cam: torch.Tensor) -> torch.Tensor:
@@ -38,7 +57,7 @@ def grad_cam(
     left exactly as they were; `layer` defaults to the model's `cam_layer`.
     """
     model = unwrap(model)  # eager: a hooked activation inside a compiled graph has no grad path
-    module = cam_layer(model, layer)
+    module = check_cam_layer(model, layer)
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _inp, out):

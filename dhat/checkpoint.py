@@ -17,10 +17,26 @@ from .io import atomic_write
 FORMAT = "dhat-checkpoint-v1"
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, I/O error); the file it was to replace
+    is unchanged and no partial file is left."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically save a checkpoint dict (it gets a `format` tag)."""
+    """Atomically save a checkpoint dict (it gets a `format` tag). A failed write is a
+    `CheckpointWriteError` and leaves `path` as it was: an OSError (ENOSPC), or the
+    RuntimeError torch's zip writer raises when the disk fills under it (a state of tensors
+    and plain values fails to save for no other reason)."""
     state = {"format": FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as e:
+        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e}") from None
+    except RuntimeError as e:
+        first = (str(e).splitlines() or ["RuntimeError"])[0][:200]
+        raise CheckpointWriteError(
+            f"cannot write {path} (torch: {first}; is the disk full?)"
+        ) from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -47,15 +63,26 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     from .models import create_model
 
-    spec = state["model_spec"]
-    model = create_model(
-        spec["name"],
-        num_classes=spec["num_classes"],
-        mean=spec["mean"],
-        std=spec["std"],
-        **spec.get("kwargs", {}),
-    )
-    model.load_state_dict(state["model"])
+    spec = state.get("model_spec")
+    if not isinstance(spec, dict) or not {"name", "num_classes"} <= set(spec):
+        raise UserError(
+            "the checkpoint has no usable model_spec (not written by `dhat train`?): "
+            "evaluate plain weights with --weights-file FILE --model NAME"
+        )
+    try:
+        model = create_model(
+            spec["name"],
+            num_classes=spec["num_classes"],
+            mean=spec.get("mean"),
+            std=spec.get("std"),
+            **spec.get("kwargs", {}),
+        )
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"the checkpoint's weights do not fit its model_spec ({spec['name']}): {first}"
+        ) from None
     return model.to(device).eval()
 
 

@@ -20,12 +20,21 @@ RobustBench's `load_model(name, model_dir=OUT/models, dataset, threat_model)` re
     OUT/models/<dataset>/Linf/<name>.json      dhat sidecar (for `dhat eval --weights-file`)
     OUT/model_info/<dataset>/Linf/<name>.json  RobustBench's model card
 
-Keys follow RobustBench's own class where it has one (`ROBUSTBENCH_CLASSES`; the WideResNet
-gets `blockN.layer.M.` and `convShortcut`), and the normalisation buffers are named
-`mu`/`sigma` (1, 3, 1, 1), as in RobustBench's model wrappers (x - mu) / sigma: the model
-takes [0, 1] pixels. The card's numbers come from the checkpoint's validated result card
+Keys follow RobustBench's own class where it has one (`robustbench_class`; the WideResNet
+gets `blockN.layer.M.` and `convShortcut`). The sidecar's `robustbench_code` defines the class
+it names (`robustbench_class`), into which the state dict loads strictly: for RobustBench's
+WideResNet / PreActResNet / ResNet a subclass with RobustBench's wrapper idiom, buffers
+`mu`/`sigma` (1, 3, 1, 1) and `(x - mu) / sigma` first; for its DMWideResNet / DMPreActResNet
+the class itself, its own `mean`/`std` arguments holding the normalisation. The model takes
+[0, 1] pixels. The card's numbers come from the checkpoint's validated result card
 (`dhat eval`), which must have run AutoAttack: RobustBench ranks by `autoattack_acc` and its
 leaderboard reads it as a number, so a card without one is refused rather than left null.
+AutoAttack on fewer than the test set's images is marked `unreliable` and its count is in
+the footnote; `reported` (the paper's figure) and the paper's link, name, authors and venue
+come only from the user (default "unknown").
+
+Nothing is overwritten without `force`, and a `.json` beside the weights that `dhat export`
+did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from .checkpoint import load_model, read_checkpoint
 from .config import config_hash
 from .errors import UserError, unknown_name
 from .io import atomic_write, file_sha256, write_json
-from .models.weights import load_weights_file, sidecar_path
+from .models.weights import export_sidecar, load_weights_file, sidecar_path
 
 FORMAT = "dhat-export-v1"
 ROBUSTBENCH_DATASETS = {"cifar10": 10000, "cifar100": 10000, "imagenet": 5000}  # test images
@@ -61,13 +70,27 @@ CARD_FIELDS = {
     "dataset": str,
     "architecture": str,
 }
-# The paper of the methods it describes (DHAT, DHAT-AWP and DHAT-CFA are rows of its tables).
-DHAT_PAPER = {
-    "link": "https://arxiv.org/abs/2408.06079",
-    "name": "Towards Adversarial Robustness via Debiased High-Confidence Logit Alignment",
-    "authors": "Kejia Zhang, Juanjuan Weng, Shaozi Li, Zhiming Luo",
-    "venue": "ICCV 2025",
-}
+# The paper's fields when the user gives none: RobustBench's cards need them, we cannot know them.
+UNKNOWN_PAPER = {"link": "unknown", "name": "unknown", "authors": "unknown", "venue": "unknown"}
+
+
+def check_outputs(paths: list[Path], sidecars: list[Path], force: bool) -> None:
+    """Refuse before writing anything: an existing output without `force`, a `.json` sidecar
+    that `dhat export` did not write (even with `force`), a folder where a file goes, and a
+    parent that is a file."""
+    for path in paths:
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: pass a file path")
+        if path in sidecars and path.exists() and not export_sidecar(path):
+            raise UserError(
+                f"{path} exists and was not written by `dhat export`: choose another --out "
+                "(it is never replaced)"
+            )
+        if path.exists() and not force:
+            raise UserError(f"{path} exists: pass --force to replace it, or another --out")
 
 
 def _default_out(checkpoint: Path, weights: str) -> Path:
@@ -106,9 +129,13 @@ def _meta(checkpoint: Path, state: dict[str, Any], model, weights: str) -> dict[
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path | None = None, weights: str = "model"
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    weights: str = "model",
+    force: bool = False,
 ) -> tuple[Path, Path]:
-    """Write `out` (.safetensors) and its sidecar `out.with_suffix('.json')`; return both paths."""
+    """Write `out` (.safetensors) and its sidecar `out.with_suffix('.json')`; return both paths.
+    Existing files are replaced only with `force`, and a sidecar only if `dhat export` wrote it."""
     from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
@@ -117,13 +144,14 @@ def export_checkpoint(
     out = Path(out) if out else _default_out(checkpoint, weights)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out}")
+    side = sidecar_path(out)
+    check_outputs([out, side], [side], force)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = _meta(checkpoint, state, model, weights)
     flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}
     atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=flat))
     meta["file"] = out.name
     meta["sha256"] = file_sha256(out)
-    side = sidecar_path(out)
     write_json(side, meta)
     return out, side
 
@@ -143,6 +171,7 @@ LABELS = {
     "vgg16_bn": "VGG-16-BN",
     "inception_v3": "Inception-v3",
     "small_cnn": "SmallCNN",
+    "per_image_wrn": "WideResNet",
 }
 STANDARD_WIDTH = {
     "preact_resnet18": 64,
@@ -150,7 +179,9 @@ STANDARD_WIDTH = {
     "resnet50": 64,
     "vgg16_bn": 64,
     "inception_v3": 1.0,
+    "dm_preact": 64,
 }
+ARCH = "robustbench.model_zoo.architectures"
 
 
 def _arg(name: str, kwargs: dict[str, Any], key: str) -> Any:
@@ -161,8 +192,10 @@ def _arg(name: str, kwargs: dict[str, Any], key: str) -> Any:
 
 
 def _wrn_shape(name: str, kwargs: dict[str, Any]) -> tuple[int, int]:
-    if name == "wide_resnet":
+    if name in ("wide_resnet", "per_image_wrn"):
         return int(_arg(name, kwargs, "depth")), int(_arg(name, kwargs, "widen"))
+    if name == "dm_wrn":
+        return int(_arg(name, kwargs, "depth")), int(_arg(name, kwargs, "width"))
     depth, widen = name.split("_")[1:]
     return int(depth), int(widen)
 
@@ -170,10 +203,13 @@ def _wrn_shape(name: str, kwargs: dict[str, Any]) -> tuple[int, int]:
 def architecture_label(name: str, kwargs: dict[str, Any]) -> str:
     """The card's `architecture` in RobustBench's spelling ('WideResNet-28-10',
     'PreActResNet-18'), with the width where it is not the standard one."""
-    if name in WRN_MODELS:
+    if name in (*WRN_MODELS, "dm_wrn", "per_image_wrn"):
         return "WideResNet-{}-{}".format(*_wrn_shape(name, kwargs))
+    if name == "dm_preact":
+        label = f"PreActResNet-{_arg(name, kwargs, 'depth')}"
+    else:
+        label = LABELS.get(name, name)
     width = _arg(name, kwargs, "width_mult" if name == "inception_v3" else "width")
-    label = LABELS.get(name, name)
     return (
         label
         if width is None or width == STANDARD_WIDTH.get(name)
@@ -181,41 +217,91 @@ def architecture_label(name: str, kwargs: dict[str, Any]) -> str:
     )
 
 
-def robustbench_class(name: str, kwargs: dict[str, Any], num_classes: int) -> str | None:
-    """The RobustBench class whose `load_state_dict` takes the export (plus buffers mu, sigma),
-    or None where RobustBench has none (the keys then stay dhat's)."""
-    arch = "robustbench.model_zoo.architectures"
+def _floats(values) -> str:
+    return "(" + ", ".join(repr(float(v)) for v in values) + ")"
+
+
+def robustbench_class(
+    name: str,
+    kwargs: dict[str, Any],
+    num_classes: int,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    class_name: str = "Net",
+) -> dict[str, str] | None:
+    """{"class": class_name, "code": Python source defining it}: a RobustBench architecture
+    into which the export loads strictly, or None where RobustBench has none (the keys then
+    stay dhat's). RobustBench's WideResNet / PreActResNet / ResNet get a subclass with
+    buffers mu/sigma that normalises first (its wrapper idiom, e.g. Rice2020OverfittingNet);
+    DMWideResNet / DMPreActResNet take mean/std as arguments."""
+    call = None
     if name in WRN_MODELS:
         depth, widen = _wrn_shape(name, kwargs)
         drop = _arg(name, kwargs, "drop_rate")
-        return (
-            f"{arch}.wide_resnet.WideResNet(depth={depth}, num_classes={num_classes}, "
-            f"widen_factor={widen}{f', dropRate={drop}' if drop else ''})"
+        module, base = "wide_resnet", "WideResNet"
+        call = (
+            f"depth={depth}, num_classes={num_classes}, widen_factor={widen}"
+            f"{f', dropRate={drop}' if drop else ''}"
         )
-    blocks = {
-        "preact_resnet18": "PreActBlockV2, [2, 2, 2, 2]",
-        "resnet18": "BasicBlock, [2, 2, 2, 2]",
-        "resnet50": "Bottleneck, [3, 4, 6, 3]",
-    }.get(name)
-    if (
-        blocks is None
-        or _arg(name, kwargs, "width") != 64
-        or _arg(name, kwargs, "variant") not in (None, "cifar")
-    ):
+    elif name in ("dm_wrn", "dm_preact"):
+        if name == "dm_preact" and _arg(name, kwargs, "width") != 64:
+            return None
+        act = "Swish" if _arg(name, kwargs, "activation") == "silu" else "nn.ReLU"
+        base = "DMWideResNet" if name == "dm_wrn" else "DMPreActResNet"
+        size = (
+            "depth={}, width={}".format(*_wrn_shape(name, kwargs))
+            if name == "dm_wrn"
+            else f"depth={_arg(name, kwargs, 'depth')}, width=0"
+        )
+        code = (
+            "import torch.nn as nn\n"
+            f"from {ARCH}.dm_wide_resnet import {base}, Swish\n\n\n"
+            f"def {class_name}():\n"
+            f"    return {base}(num_classes={num_classes}, {size}, activation_fn={act}, "
+            f"mean={_floats(mean)}, std={_floats(std)})\n"
+        )
+        return {"class": class_name, "code": code}
+    elif _arg(name, kwargs, "width") == 64 and _arg(name, kwargs, "variant") in (None, "cifar"):
+        module, base = "resnet", {"preact_resnet18": "PreActResNet"}.get(name, "ResNet")
+        call = {
+            "preact_resnet18": "PreActBlockV2, [2, 2, 2, 2], num_classes={}, bn_before_fc=True",
+            "resnet18": "BasicBlock, [2, 2, 2, 2], num_classes={}",
+            "resnet50": "Bottleneck, [3, 4, 6, 3], num_classes={}",
+        }.get(name, "")
+        call = call.format(num_classes) if call else None
+        block = call.split(",")[0] if call else ""
+        base = f"{base}, {block}"
+    if call is None:
         return None
-    if name == "preact_resnet18":
-        return f"{arch}.resnet.PreActResNet({blocks}, num_classes={num_classes}, bn_before_fc=True)"
-    return f"{arch}.resnet.ResNet({blocks}, num_classes={num_classes})"
+    first = base.split(",")[0]
+    code = (
+        "import torch\n"
+        f"from {ARCH}.{module} import {base}\n\n\n"
+        f"class {class_name}({first}):\n"
+        '    """Takes [0, 1] pixels; normalises with the buffers mu, sigma first."""\n\n'
+        "    def __init__(self):\n"
+        f"        super().__init__({call})\n"
+        f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
+        f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n"
+        "\n"
+        "    def forward(self, x):\n"
+        "        return super().forward((x - self.mu) / self.sigma)\n"
+    )
+    return {"class": class_name, "code": code}
 
 
 def robustbench_state_dict(
     state: dict[str, torch.Tensor], name: str, has_class: bool
 ) -> dict[str, torch.Tensor]:
-    """Our state dict in RobustBench's key names: mean/std -> mu/sigma; for its WideResNet
-    `blockN.M.` -> `blockN.layer.M.` and `conv_shortcut` -> `convShortcut`."""
+    """Our state dict in RobustBench's key names: mean/std -> mu/sigma (dropped for its DM
+    classes, which take them as arguments); for its WideResNet `blockN.M.` ->
+    `blockN.layer.M.` and `conv_shortcut` -> `convShortcut`."""
     wrn = has_class and name in WRN_MODELS
+    dm = has_class and name in ("dm_wrn", "dm_preact")
     out = {}
     for k, v in state.items():
+        if dm and k in ("mean", "std"):
+            continue
         k = {"mean": "mu", "std": "sigma"}.get(k, k)
         if wrn:
             k = re.sub(r"^(block\d+)\.(\d+)\.", r"\1.layer.\2.", k).replace(
@@ -250,20 +336,36 @@ def _eval_command(checkpoint: Path, weights: str) -> str:
 
 
 def read_eval_card(checkpoint: Path, weights: str, card: str | Path | None) -> dict[str, Any]:
-    """The validated result card of `checkpoint`'s `weights` (default: eval_<stem>.json beside
-    it), which must hold clean and AutoAttack accuracies of exactly this file."""
-    from .config import EvalConfig
+    """The validated result card of `checkpoint`'s `weights` (default: of the cards beside
+    it, eval_<stem>*.json, the one of exactly this file with clean and AutoAttack accuracies
+    on the most images, the newest on a tie), which must hold clean and AutoAttack accuracies
+    of exactly this file."""
     from .eval.card import read_card
-    from .eval.evaluate import default_card_path
+    from .eval.evaluate import checkpoint_cards
 
-    path = (
-        Path(card)
-        if card
-        else default_card_path(
-            EvalConfig(checkpoint=str(checkpoint), weights=weights), str(checkpoint)
-        )
-    )
     run = _eval_command(checkpoint, weights)
+    if card:
+        path = Path(card)
+    else:
+        sha = file_sha256(checkpoint)
+        usable = []
+        for p in checkpoint_cards(checkpoint, weights):
+            try:
+                c = read_card(p)
+            except UserError:
+                continue
+            if (
+                c.get("checkpoint_sha256") == sha
+                and c.get("weights", "model") == weights
+                and {"clean", "aa"} <= set(c["accuracy"])
+            ):
+                usable.append((c.get("n_aa") or 0, p))
+        if not usable:
+            raise UserError(
+                f"no result card with AutoAttack beside {checkpoint}: run `{run}` first "
+                "(or pass --card PATH)"
+            )
+        path = max(usable, key=lambda t: t[0])[1]  # stable: the newest among the largest
     if not path.is_file():
         raise UserError(f"no result card {path}: run `{run}` first (or pass --card PATH)")
     result = read_card(path)
@@ -287,12 +389,12 @@ def read_eval_card(checkpoint: Path, weights: str, card: str | Path | None) -> d
 def robustbench_card(
     result: dict[str, Any],
     arch: str,
-    method: str | None,
     run_cfg: dict[str, Any],
     fields: dict[str, Any],
 ) -> dict[str, Any]:
     """RobustBench's model-card fields (numbers as strings in percent, as its cards have them)
-    from a validated result card; `fields` (typed --rb-field values) win."""
+    from a validated result card; `fields` (typed --rb-field values, the paper flags) win.
+    AutoAttack on a subset of the test set is `unreliable` and counted in the footnote."""
     from .schema import format_value
 
     dataset = fields.get("dataset", result["dataset"])
@@ -304,9 +406,10 @@ def robustbench_card(
         )
     notes = []
     full = ROBUSTBENCH_DATASETS[dataset]
+    n_aa = int(result["n_aa"])
     partial = [
         f"{what} on the first {n}"
-        for what, n in (("clean accuracy", result["n_test"]), ("AutoAttack", result["n_aa"]))
+        for what, n in (("clean accuracy", result["n_test"]), ("AutoAttack", n_aa))
         if n < full
     ]
     if partial:
@@ -322,24 +425,18 @@ def robustbench_card(
             f"Trained with generated images ({100 * run_cfg.get('aux_fraction', 0):g}% "
             "of every batch)."
         )
-    aa = f"{100 * result['accuracy']['aa']:.2f}"
-    paper = (
-        DHAT_PAPER
-        if method and method.startswith("dhat")
-        else {"link": "", "name": "", "authors": "", "venue": ""}
-    )
     card = {
-        **paper,
+        **UNKNOWN_PAPER,
         "additional_data": False,
         "number_forward_passes": 1,
         "dataset": dataset,
         "architecture": arch,
         "eps": format_value(result["eps"]),
         "clean_acc": f"{100 * result['accuracy']['clean']:.2f}",
-        "reported": aa,
-        "autoattack_acc": aa,
+        "reported": "",
+        "autoattack_acc": f"{100 * result['accuracy']['aa']:.2f}",
         "footnote": " ".join(notes) or None,
-        "unreliable": bool(result["unreliable"]),
+        "unreliable": bool(result["unreliable"]) or n_aa < full or result["n_test"] < full,
     }
     card.update({k: v for k, v in fields.items() if k != "dataset"})
     return card
@@ -352,10 +449,12 @@ def export_robustbench(
     card: str | Path | None = None,
     model_name: str | None = None,
     fields: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Write the RobustBench layout (module docstring) under `out` (default: `robustbench/`
     beside the checkpoint) -> {"weights", "sidecar", "model_info"} paths. `fields`: typed
-    card fields that override the defaults (see `parse_card_fields`)."""
+    card fields that override the defaults (see `parse_card_fields`). Existing files are
+    replaced only with `force`, and the sidecar only if `dhat export` wrote it."""
     checkpoint = Path(checkpoint)
     result = read_eval_card(checkpoint, weights, card)
     state = read_checkpoint(checkpoint)
@@ -370,27 +469,41 @@ def export_robustbench(
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserError(f"--model-name {name!r}: use letters, digits, '_', '-' and '.'")
     arch = architecture_label(spec["name"], spec.get("kwargs", {}))
-    cls = robustbench_class(spec["name"], spec.get("kwargs", {}), spec["num_classes"])
-    model_card = robustbench_card(
-        result, arch, state.get("method"), state.get("config", {}), dict(fields or {})
+    cls = robustbench_class(
+        spec["name"],
+        spec.get("kwargs", {}),
+        spec["num_classes"],
+        model.mean.flatten().tolist(),
+        model.std.flatten().tolist(),
+        class_name=re.sub(r"\W", "_", name if name[0].isalpha() else "M" + name) + "Net",
     )
+    model_card = robustbench_card(result, arch, state.get("config", {}), dict(fields or {}))
     root = Path(out) if out else checkpoint.parent / "robustbench"
     sub = Path(model_card["dataset"]) / result["threat_model"]
     pt = root / "models" / sub / f"{name}.pt"
+    side = sidecar_path(pt)
+    info = root / "model_info" / sub / f"{name}.json"
+    check_outputs([pt, side, info], [side], force)
     sd = robustbench_state_dict(model.state_dict(), spec["name"], cls is not None)
     atomic_write(pt, lambda tmp: torch.save({"state_dict": sd}, tmp))
+    dm = cls is not None and spec["name"] in ("dm_wrn", "dm_preact")
     meta = {
         **_meta(checkpoint, state, model, weights),
         "file": pt.name,
         "sha256": file_sha256(pt),
         "key_names": "robustbench" if cls else "dhat",
-        "robustbench_class": cls,
-        "input": "(B, 3, H, W) float pixels in [0, 1]; (x - mu) / sigma with the buffers 'mu', "
-        "'sigma' of shape (1, 3, 1, 1) comes first (as RobustBench's model wrappers)",
+        "robustbench_class": cls["class"] if cls else None,
+        "robustbench_code": cls["code"] if cls else None,
+        "input": "(B, 3, H, W) float pixels in [0, 1]; "
+        + (
+            "the class normalises with its mean/std arguments (not in the state dict)"
+            if dm
+            else "(x - mu) / sigma with the buffers 'mu', 'sigma' of shape (1, 3, 1, 1) "
+            "comes first (as RobustBench's model wrappers)"
+        ),
         "result_card": result["path"],
+        "autoattack_n": int(result["n_aa"]),
     }
-    side = sidecar_path(pt)
     write_json(side, meta)
-    info = root / "model_info" / sub / f"{name}.json"
     write_json(info, model_card)
     return {"weights": pt, "sidecar": side, "model_info": info}

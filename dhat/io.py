@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +52,64 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_output_path(
+    path: str | Path,
+    inputs: Iterable[str | Path | None] = (),
+    suffixes: Iterable[str] = (),
+    *,
+    flag: str = "--out",
+    writable: bool = True,
+) -> Path:
+    """`path` as an output, checked before any work: it has one of `suffixes` (any if none
+    given), is not a folder, is none of `inputs` (also through a symlink or a hard link), and
+    (`writable`) its nearest existing folder is a folder that can be written. One-line
+    UserError naming `flag` otherwise; returns `path`."""
+    from .errors import UserError
+
+    path = Path(path)
+    allowed = [s.lower() for s in suffixes]
+    if allowed and path.suffix.lower() not in allowed:
+        raise UserError(
+            f"{flag} {path}: expected a {' or '.join(allowed)} file (this output is written "
+            f"as {allowed[0][1:].upper()}, so another suffix would mislabel it)"
+        )
+    if path.is_dir():
+        raise UserError(
+            f"{flag} {path} is a folder; name a file" + (f" ({allowed[0]})" if allowed else "")
+        )
+    for inp in inputs:
+        if inp is not None and str(inp) and same_file(path, inp):
+            raise UserError(
+                f"{flag} {path} is an input of this command ({inp}); writing there would "
+                "destroy it: name another file"
+            )
+    if writable:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UserError(f"cannot write {flag} {path}: {folder} is a file, not a folder")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dhat-write-test.")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError:
+            raise UserError(
+                f"cannot write {flag} {path}: {folder} is not writable; pass {flag} PATH "
+                "somewhere writable"
+            ) from None
+    return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether paths `a` and `b` name the same file: equal once resolved (symlinks followed),
+    or the same inode (a hard link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:  # an unreadable path: compare the text
+        return os.path.abspath(a) == os.path.abspath(b)

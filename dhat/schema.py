@@ -8,40 +8,51 @@ came from ("--omega", "omega (my.yaml)").
 
 Numbers: 0.031, 1e-3 and fractions such as 8/255 are all accepted wherever a float is. A
 pixel budget (ε, ε_inv, a step size) is a float in (0, 1]: "8" is refused with the hint
-"8/255", so every command reads "8" the same way.
+"8/255", so every command reads "8" the same way. NaN and ±inf are refused wherever a float
+is parsed, and integers must fit in 64 bits; an error shows at most a short excerpt of the
+value it refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
-from .errors import UserError, unknown_name
+from .errors import UserError, clip, excerpt, unknown_name
 
 
 # ----------------------------------------------------------------------------- parsing
 def parse_number(v: Any, where: str = "value") -> float:
-    """A float from 0.031, '0.031', '1e-3' or '8/255'; bools and other text are refused."""
+    """A finite float from 0.031, '0.031', '1e-3' or '8/255'; bools, NaN, ±inf and other
+    text are refused."""
     if isinstance(v, bool):
         raise UserError(f"{where}: expected a number, got {v!r}")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        s = v.strip()
-        try:
-            return float(s)
-        except ValueError:
-            pass
-        try:
-            return float(Fraction(s))
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise UserError(f"{where}: not a number: {v!r} (write e.g. 0.031, 1e-3 or 8/255)")
+    x: float | None = None
+    try:
+        if isinstance(v, (int, float)):
+            x = float(v)
+        elif isinstance(v, str):
+            s = v.strip()
+            try:
+                x = float(s)
+            except ValueError:
+                try:
+                    x = float(Fraction(s))
+                except (ValueError, ZeroDivisionError):
+                    pass
+    except OverflowError:  # an integer or fraction beyond the float range
+        x = math.inf
+    if x is None:
+        raise UserError(f"{where}: not a number: {excerpt(v)} (write e.g. 0.031, 1e-3 or 8/255)")
+    if not math.isfinite(x):
+        raise UserError(f"{where}: must be a finite number, got {excerpt(v)}")
+    return x
 
 
 def parse_budget(v: Any, where: str = "eps") -> float:
@@ -53,19 +64,30 @@ def parse_budget(v: Any, where: str = "eps") -> float:
     return x
 
 
+INT64_MAX = 2**63 - 1
+
+
 def parse_int(v: Any, where: str = "value") -> int:
+    """An integer from 16, 16.0 or '16' that fits in 64 bits (what torch and numpy hold)."""
     if isinstance(v, bool):
         raise UserError(f"{where}: expected an integer, got {v!r}")
+    x: int | None = None
     if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
+        x = v
+    elif isinstance(v, float) and v.is_integer():
+        x = int(v)
+    elif isinstance(v, str):
         try:
-            return int(v.strip())
-        except ValueError:
+            x = int(v.strip())
+        except ValueError:  # not an integer, or more digits than Python converts
             pass
-    raise UserError(f"{where}: expected an integer, got {v!r}")
+    if x is None:
+        raise UserError(f"{where}: expected an integer, got {excerpt(v)}")
+    if not -INT64_MAX - 1 <= x <= INT64_MAX:
+        raise UserError(
+            f"{where}: {excerpt(v, 30)} does not fit in a 64-bit integer (|value| <= {INT64_MAX})"
+        )
+    return x
 
 
 def parse_bool(v: Any, where: str = "value") -> bool:
@@ -74,7 +96,7 @@ def parse_bool(v: Any, where: str = "value") -> bool:
         return v
     if isinstance(v, str) and v.strip().lower() in ("true", "false"):
         return v.strip().lower() == "true"
-    raise UserError(f"{where}: expected true or false, got {v!r}")
+    raise UserError(f"{where}: expected true or false, got {excerpt(v)}")
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -88,6 +110,8 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False  # NaN compares false with everything; ±inf is no setting
         if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
             return False
         if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
@@ -96,13 +120,24 @@ class Range:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
         if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {_num(self.high)}"
         return (
-            f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
             f"{')' if self.high_open else ']'}"
         )
+
+
+def _num(x: float | None) -> str:
+    """An integer bound in full (9223372036854775806, not 9.22337e+18); a float as %g."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def max_threads() -> int:
+    """The most CPU threads an option may ask for: 4 per CPU of this machine, at least 64
+    (torch segfaults for some very large counts; a config file stays portable)."""
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 BUDGET = Range(0, 1, low_open=True)  # ε, ε_inv, step sizes: (0, 1]
@@ -110,6 +145,11 @@ UNIT = Range(0, 1)  # probabilities, thresholds: [0, 1]
 NONNEG = Range(0)
 POSITIVE = Range(0, low_open=True)
 AT_LEAST_1 = Range(1)
+SEED = Range(0, INT64_MAX - 1)  # torch.manual_seed's range; the trainer also seeds with seed + 1
+THREADS = Range(0, max_threads())  # 0 = torch's default
+EPOCHS = Range(1, 10_000)
+STEPS = Range(1, 10_000)  # attack steps (PGD, validation)
+MAX_IMAGES = 5_000_000  # a generated dataset's size argument (n_train, n_test): 15 GB at 32 px
 
 
 def option(
@@ -225,7 +265,7 @@ def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
     if spec.choices:
         if value not in spec.choices:
             raise UserError(
-                f"{where}: must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+                f"{where}: must be one of {', '.join(map(str, spec.choices))}, got {excerpt(value)}"
             )
         return value
     if t is bool:
@@ -236,29 +276,30 @@ def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
         x = parse_int(value, where)
     elif t is str:
         if not isinstance(value, str):
-            raise UserError(f"{where}: expected text, got {value!r}")
+            raise UserError(f"{where}: expected text, got {excerpt(value)}")
         return value
     elif typing.get_origin(t) is list or t is list:
         items = value if isinstance(value, (list, tuple)) else None
         if items is None:
             raise UserError(
                 f"{where}: expected a list (e.g. [100, 105] in YAML, or several "
-                f"values after the flag), got {value!r}"
+                f"values after the flag), got {excerpt(value)}"
             )
         (inner,) = typing.get_args(t) or (Any,)
         item_spec = dataclasses.replace(spec, type=inner, optional=False)
         return [coerce(item_spec, v, where) if inner is not Any else v for v in items]
     elif typing.get_origin(t) is dict or t is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping of KEY: VALUE, got {value!r}")
+            raise UserError(f"{where}: expected a mapping of KEY: VALUE, got {excerpt(value)}")
         return dict(value)
     else:
         return value
     if spec.range is not None and not spec.budget and x not in spec.range:
+        got = clip(value, 30)
         raise UserError(
-            f"{where} must be {spec.range}"
+            f"{where} must be {spec.range}, got {got}"
             if spec.range.high is None
-            else f"{where} must lie in {spec.range}, got {value}"
+            else f"{where} must lie in {spec.range}, got {got}"
         )
     return x
 
@@ -293,11 +334,31 @@ class Where:
         return f" in {self.source}" if self.source and self.kind == "key" else ""
 
 
+def check_expanded_size(data: Any, limit: int, where: str) -> None:
+    """A one-line UserError if `data` holds more than `limit` values once shared references
+    are expanded (as a walk, a repr or json.dumps would see them): a few hundred bytes of
+    nested YAML anchors (or pickle memo references) expand to billions. Stops at `limit`."""
+    seen, stack = 0, [data]
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise UserError(
+                f"{where} expands to more than {limit} values (nested YAML anchors or "
+                "shared references?); a configuration holds a few dozen"
+            )
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+
+
 def parse_key_value(text: str, flag: str = "--model-arg") -> tuple[str, str]:
     """'width=16' -> ('width', '16'); the value is typed later, against the factory."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise UserError(f"{flag} wants KEY=VALUE, got {text!r}")
+        raise UserError(f"{flag} wants KEY=VALUE, got {excerpt(text)}")
     return key.strip(), value.strip()
 
 
@@ -326,12 +387,21 @@ def check_factory_args(
     kind: str, name: str, known: dict[str, Any], args: dict[str, Any], where: Where
 ) -> dict[str, Any]:
     """`args` of a model or dataset factory, checked against its keyword arguments `known`
-    (name: default; nearest name for a typo) and typed by their defaults (width=16 -> int)."""
+    (name: default; nearest name for a typo) and typed by their defaults (width=16 -> int).
+    A dataset's image counts (integer arguments named n_*) lie in [0, MAX_IMAGES]."""
     out = {}
     for k, v in args.items():
+        if not isinstance(k, str):
+            raise UserError(f"{kind} '{name}': argument names are text, got {excerpt(k)}")
         if k not in known:
             if not known:
                 raise UserError(f"{kind} '{name}' takes no arguments, got {where.key(k)}")
             raise unknown_name(f"argument of {kind} '{name}'", k, known)
         out[k] = coerce_like(known[k], v, where.key(k))
+        count = isinstance(out[k], int) and not isinstance(out[k], bool)
+        if kind == "dataset" and k.startswith("n_") and count:
+            if out[k] not in Range(0, MAX_IMAGES):
+                raise UserError(
+                    f"{where.key(k)}: an image count in [0, {MAX_IMAGES}], got {out[k]}"
+                )
     return out

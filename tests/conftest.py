@@ -90,6 +90,9 @@ SMALL_MODEL_KWARGS = {
     "resnet50": dict(width=8),
     "vgg16_bn": dict(width=8),
     "inception_v3": dict(width_mult=0.125),
+    "dm_wrn": dict(depth=10, width=1),
+    "dm_preact": dict(width=8),
+    "per_image_wrn": dict(depth=10, widen=1),
 }
 
 # Fixed-size registrations with no size knob: each is exactly another registered model at
@@ -235,7 +238,10 @@ def make_checkpoint(
             ),
             "config": {
                 "dataset": "shapes",
-                "dataset_args": {"n_train": 0, "n_test": 200},
+                # another dataset given in `config` takes its own arguments (none by default)
+                "dataset_args": {"n_train": 0, "n_test": 200}
+                if (config or {}).get("dataset", "shapes") == "shapes"
+                else {},
                 "method": method,
                 "method_args": {},
                 "seed": 0,

@@ -109,7 +109,7 @@ def train(tmp_path, *args):
         (["--eps-inv", "8"], "--eps-inv must lie in (0, 1]"),
         (["--omega", "5"], "--omega must lie in [0, 1]"),
         (["--lambda1", "-1"], "--lambda1 must be >= 0"),
-        (["--steps", "0"], "--steps must be >= 1"),
+        (["--steps", "0"], "--steps must lie in [1, 10000], got 0"),
         (["--eps", "8/255x"], "--eps: not a number"),
         (["--lr", "-0.1"], "--lr must be > 0"),
         (["--model-arg", "widht=8"], "Did you mean 'width'"),
@@ -208,7 +208,7 @@ def test_eps_overridden_once_is_seen_everywhere(tmp_path, capsys, monkeypatch):
         )
         == 0
     )
-    card = json.loads((tmp_path / "run" / "eval_best.json").read_text())
+    card = json.loads((tmp_path / "run" / "eval_best_clean-pgd10.json").read_text())
     assert card["eps"] == 4 / 255 and "eps 4/255" in card["attack_settings"]["pgd10"]
     assert (
         main(

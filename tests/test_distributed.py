@@ -125,7 +125,7 @@ def test_ddp_dhat_two_steps_finishes(first_launch):
         assert math.isfinite(rec[key]), key
     assert rec["loss"] == pytest.approx(rec["ce"] + rec["dhlr"] + rec["floe"], rel=1e-5)
     files = sorted(p.name for p in run.iterdir())
-    assert files == ["best.pt", "config.yaml", "last.pt", "log.jsonl"], files
+    assert files == [".dhat-manifest", "best.pt", "config.yaml", "last.pt", "log.jsonl"], files
     state = read_checkpoint(run / "last.pt")
     assert state["epoch"] == 0 and state["config"]["method"] == "dhat"
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -171,7 +171,7 @@ def test_eval_card_curves_and_report_plot(tmp_path, capsys):
         assert main(args) == 0
     out = capsys.readouterr().out
     assert "sanity" in out and "result written to" in out and "curves plotted to" in out
-    c = json.loads((runs[0] / "eval_best.json").read_text())
+    c = json.loads((runs[0] / "eval_best_clean-pgd10-pgd50-cw_curves.json").read_text())
     for key in (
         "schema",
         "dataset",
@@ -197,7 +197,7 @@ def test_eval_card_curves_and_report_plot(tmp_path, capsys):
     assert c["threat_model"] == "Linf" and c["dataset"] == "blobs" and c["n_test"] == 16
     assert set(c["curves"]) >= {"n", "clean", "eps", "steps", "png"}
     assert c["curves"]["eps"]["eps_255"] == [0, 2, 4, 6, 8, 10, 12, 16]
-    assert (runs[0] / "eval_best_curves.png").stat().st_size > 0
+    assert (runs[0] / "eval_best_clean-pgd10-pgd50-cw_curves.png").stat().st_size > 0
     assert [s["check"] for s in c["sanity"]] == [
         "train_mode",
         "deterministic",
@@ -258,3 +258,22 @@ def test_cards_that_contradict_themselves_cannot_be_written_or_read(tmp_path):
             read_card(tmp_path / "bad.json")
     assert save_card(good, tmp_path / "c.json") == tmp_path / "c.json"
     assert read_card(tmp_path / "c.json")["accuracy"] == good["accuracy"]
+
+
+def test_two_evaluations_with_other_attacks_keep_both_cards(tmp_path):
+    from dhat.config import EvalConfig
+    from dhat.eval.evaluate import checkpoint_cards, default_card_path
+
+    ck = tmp_path / "run" / "best.pt"
+    _checkpoint(ck, 0)
+    base = ["eval", str(ck), "--n-test", "8", "--gap-train-images", "0", "--no-sanity"]
+    assert main([*base, "--attacks", "clean", "pgd10", "--no-progress"]) == 0
+    assert main([*base, "--attacks", "clean", "cw", "--no-progress"]) == 0
+    a, b = ck.parent / "eval_best_clean-pgd10.json", ck.parent / "eval_best_clean-cw.json"
+    assert set(json.loads(a.read_text())["accuracy"]) == {"clean", "pgd10"}
+    assert set(json.loads(b.read_text())["accuracy"]) == {"clean", "cw"}
+    assert set(checkpoint_cards(ck)) == {a, b}
+    # the default attack set keeps the plain name; ε, weights and curves are named too
+    assert default_card_path(EvalConfig(checkpoint=str(ck)), str(ck)).name == "eval_best.json"
+    cfg = EvalConfig(checkpoint=str(ck), weights="ema", eps=4 / 255, curves=True)
+    assert default_card_path(cfg, str(ck)).name == "eval_best_ema_eps4_curves.json"

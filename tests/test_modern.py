@@ -82,7 +82,7 @@ def test_ema_run_saves_both_weights_selects_by_ema_and_resumes_exactly(tmp_path)
         )
         == 0
     )
-    assert (tmp_path / "full" / "eval_best_ema.json").is_file()
+    assert (tmp_path / "full" / "eval_best_ema_clean.json").is_file()
 
 
 # ----------------------------------------------------------------------------- generated data

@@ -12,6 +12,7 @@ from dhat.cli import main
 from dhat.errors import UserError
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
+from dhat.train.rundir import MANIFEST
 from dhat.train.schedule import piecewise_lr
 
 
@@ -73,7 +74,7 @@ def test_run_writes_config_log_and_checkpoints(full_run):
         "val_clean_acc",
     ):
         assert key in rec, key
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [MANIFEST]
     state = read_checkpoint(out / "last.pt")
     assert state["config"]["method"] == "dhat" and "optimizer" in state and "rng" in state
 
@@ -162,7 +163,7 @@ def test_train_then_eval_writes_result_json(tmp_path, full_run, capsys):
     )
     out = capsys.readouterr().out
     assert "pgd10" in out and "robust gap" in out
-    card = json.loads((tmp_path / "run" / "eval_best.json").read_text())
+    card = json.loads((tmp_path / "run" / "eval_best_clean-pgd10-cw_eps8.json").read_text())
     assert card["n_test"] == 64 and card["robust_gap"]["n_train"] == 50
     acc = card["accuracy"]
     assert 0 <= acc["pgd10"] <= acc["clean"] <= 1 and math.isclose(card["eps"], 8 / 255)

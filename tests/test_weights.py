@@ -138,7 +138,7 @@ def test_cli_eval_weights_file(tmp_path, capsys):
     ref = RefResNet18(num_classes=4, w=4).eval()
     f = tmp_path / "tp.pt"
     torch.save({"state_dict": ref.state_dict()}, f)
-    out = tmp_path / "tp.json"
+    out = tmp_path / "card.json"
     assert (
         main(
             [
@@ -249,3 +249,38 @@ def test_export_then_reload_gives_identical_logits(tmp_path):
     # the sidecar makes --model unnecessary for `dhat eval --weights-file`
     _, info = load_weights_file(out)
     assert info["model"] == "small_cnn" and info["normalization_source"] == "from the state dict"
+
+
+def test_export_refuses_existing_outputs_and_never_touches_a_foreign_sidecar(tmp_path, capsys):
+    from conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    out = tmp_path / "exp" / "model.safetensors"
+    assert main(["export", str(ckpt), "--out", str(out)]) == 0
+    before = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--out", str(out)]) == 2  # exists, no --force
+    err = capsys.readouterr().err
+    assert "exists: pass --force" in err and len(err.strip().splitlines()) == 1
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
+    assert main(["export", str(ckpt), "--out", str(out), "--force"]) == 0  # its own sidecar
+    # an unrelated .json where the sidecar goes: refused even with --force, nothing written
+    other = tmp_path / "exp" / "notes.safetensors"
+    notes = other.with_suffix(".json")
+    notes.write_text('{"my": "notes"}')
+    for extra in ([], ["--force"]):
+        capsys.readouterr()
+        assert main(["export", str(ckpt), "--out", str(other), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "not written by `dhat export`" in err and len(err.strip().splitlines()) == 1
+    assert notes.read_text() == '{"my": "notes"}' and not other.exists()
+    notes.write_bytes(b"\xff\xfe\x00binary")  # unreadable as JSON: still not ours
+    assert main(["export", str(ckpt), "--out", str(other), "--force"]) == 2
+    assert notes.read_bytes() == b"\xff\xfe\x00binary"
+    capsys.readouterr()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["export", str(ckpt), "--out", str(blocker / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "x"

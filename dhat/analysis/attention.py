@@ -5,6 +5,7 @@ bounding boxes turned into masks."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,8 +65,16 @@ def masks_from_boxes_file(path: str | Path, size) -> torch.Tensor:
             else torch.load(p, map_location="cpu", weights_only=True)
         )
         return boxes_to_masks(boxes, *size)
-    except (ValueError, TypeError, RuntimeError, json.JSONDecodeError) as e:
-        raise UserError(f"--boxes: {p} is not an (N, 4) or (N, K, 4) box array ({e})") from None
+    except (
+        ValueError,
+        TypeError,
+        RuntimeError,
+        json.JSONDecodeError,
+        pickle.UnpicklingError,
+        UnicodeDecodeError,
+    ) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"--boxes: {p} is not an (N, 4) or (N, K, 4) box array ({why})") from None
 
 
 def analyse_checkpoint(cfg: AttentionConfig) -> dict:

@@ -4,8 +4,10 @@ on the checkpoint's dataset (or --dataset), for every split that has masks."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import AttentionConfig
+from ..errors import UserError
 from ..schema import specs
 from .common import Parser, add_config_options, from_flags, given
 
@@ -31,21 +33,51 @@ def _fmt(v: float) -> str:
 
 
 def table(res: dict) -> str:
-    lines = [f"{'split / images':<28}{'fg IoU':>8}{'bg IoU':>8}{'area':>8}{'acc':>8}"]
+    """Each measure beside its shuffled-mask null (in parentheses): object share, fg and bg
+    IoU; then the attended area and accuracy."""
+    head = ["share (null)", "fg IoU (null)", "bg IoU (null)", "area", "acc"]
+    lines = [f"{'split / images':<28}" + "".join(f"{h:>16}" for h in head)]
     for split, r in res["splits"].items():
         rows = [("natural", r)] + [(f"inverse {k}", v) for k, v in r.get("inverse", {}).items()]
         for kind, v in rows:
-            lines.append(
-                f"{split + ' / ' + kind:<28}{_fmt(v['fg_iou']):>8}{_fmt(v['bg_iou']):>8}"
-                f"{_fmt(v['cam_area']):>8}{_fmt(v['accuracy']):>8}"
-            )
+            pairs = [("object_share", "object_share_null"), ("fg_iou", "fg_iou_null")]
+            pairs.append(("bg_iou", "bg_iou_null"))
+            cells = [f"{_fmt(v[a]).strip()} ({_fmt(v[b]).strip()})" for a, b in pairs]
+            cells += [_fmt(v["cam_area"]).strip(), _fmt(v["accuracy"]).strip()]
+            lines.append(f"{split + ' / ' + kind:<28}" + "".join(f"{c:>16}" for c in cells))
+            if "scene_bg_share" in v:
+                lines.append(
+                    f"{'':<28}scene class's map on the background: "
+                    f"{_fmt(v['scene_bg_share']).strip()} "
+                    f"(null {_fmt(v['scene_bg_share_null']).strip()})"
+                )
+    lines.append(
+        "null: the same measure with each image's map scored against another image's mask "
+        "(docs/attention.md)"
+    )
     return "\n".join(lines)
+
+
+def check_outputs(cfg: AttentionConfig) -> None:
+    """The JSON and the overlay PNG are refused (one line, before any Grad-CAM is computed) if
+    one would overwrite an input (the checkpoint, the boxes file) or the other, has the wrong
+    suffix, or lies where nothing can be written (e.g. under a file)."""
+    from ..io import check_output_path, same_file
+
+    inputs = [cfg.checkpoint, cfg.boxes]
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / "attention.json"
+    check_output_path(out, inputs, [".json"], flag="--out")
+    if cfg.overlay:
+        if same_file(cfg.overlay, out):
+            raise UserError(f"--overlay {cfg.overlay} is also the JSON output; name another file")
+        check_output_path(cfg.overlay, inputs, [".png"], flag="--overlay")
 
 
 def run(ns: argparse.Namespace) -> None:
     from ..analysis.attention import analyse_checkpoint
 
     cfg = from_flags(AttentionConfig, given(ns, FIELDS), checkpoint=ns.checkpoint)
+    check_outputs(cfg)
     res = analyse_checkpoint(cfg)
     print(
         f"attention IoU: {res['dataset']} ({res['dataset_source']}), {res['n']} test images, "

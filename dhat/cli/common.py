@@ -9,14 +9,16 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from ..errors import clip
 from ..schema import OptionSpec, coerce, specs
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (`dhat CMD: error: ...`) and exit 2."""
+    """An ArgumentParser whose errors are one line (`dhat CMD: error: ...`, a long value cut
+    short) and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {clip(message, 400)}", file=sys.stderr)
         raise SystemExit(2)
 
 

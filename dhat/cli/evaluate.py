@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from ..config import EvalConfig
+from ..errors import UserError
 from ..schema import specs
 from .common import Parser, add_config_options, from_flags, given, key_values
 
@@ -57,20 +59,46 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
     return from_flags(EvalConfig, kw, checkpoint=ns.checkpoint or "")
 
 
-def run(ns: argparse.Namespace) -> None:
-    from ..eval import evaluate_checkpoint, format_card, save_card
+def check_outputs(cfg: EvalConfig) -> None:
+    """The card, its records and its curves plot are refused (one line, before any work) if
+    one would overwrite an input (the checkpoint, the weights file or its sidecar) or another
+    output, or if the card is not named .json / the records .npz."""
     from ..eval.evaluate import default_card_path
+    from ..eval.records import records_path
+    from ..io import check_output_path, same_file
+    from ..models.weights import sidecar_path
+
+    inputs = [cfg.checkpoint, cfg.weights_file]
+    if cfg.weights_file:
+        inputs.append(str(sidecar_path(cfg.weights_file)))
+    card = default_card_path(cfg, cfg.weights_file or cfg.checkpoint)
+    check_output_path(card, inputs, [".json"], flag="--out", writable=False)
+    if cfg.records != "off":
+        rec = Path(cfg.records) if cfg.records else records_path(card)
+        if same_file(rec, card):
+            raise UserError(f"--records {rec} is the result card's path; name another file")
+        check_output_path(rec, inputs, [".npz"], flag="--records", writable=False)
+    if cfg.curves:
+        from ..eval.evaluate import curves_png_path
+
+        png = curves_png_path(card)
+        check_output_path(png, inputs, flag="--out (its curves plot)", writable=False)
+
+
+def run(ns: argparse.Namespace) -> None:
+    from ..eval import format_card
+    from ..eval.evaluate import run_evaluation, write_evaluation
     from ..eval.sanity import SanityWarning
 
     cfg = config_from_args(ns)
+    check_outputs(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        card = evaluate_checkpoint(
-            cfg, progress=ns.progress, write=False, log=print, check_out=True
-        )
+        ev = run_evaluation(cfg, progress=ns.progress, log=print, check_out=True)
     for w in caught:  # sanity failures are in the table below; other warnings go to stderr
         if not issubclass(w.category, SanityWarning):
             print(f"warning: {w.message}", file=sys.stderr)
+    card = ev.card
     print(format_card(card))  # the numbers first: a failing write must not lose them
     if card.get("sanity_failed"):
         print(
@@ -78,16 +106,13 @@ def run(ns: argparse.Namespace) -> None:
             "(see docs/sanity_checks.md)",
             file=sys.stderr,
         )
-    out = default_card_path(cfg, card["checkpoint"])
-    if "curves" in card:
-        from ..eval.evaluate import plot_card_curves
-
-        plot_card_curves(card, out.with_name(f"{out.stem}_curves.png"))
-        if card["curves"].get("png"):
-            print(f"curves plotted to {card['curves']['png']}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = save_card(card, out)
+        path = write_evaluation(ev, cfg)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if card["curves"].get("png") if "curves" in card else False:
+        print(f"curves plotted to {card['curves']['png']}")
+    if card.get("records"):
+        print(f"per-image records written to {path.parent / card['records']['file']}")
     print(f"result written to {path}")

@@ -8,6 +8,19 @@ import argparse
 from ..errors import UserError
 from .common import Parser
 
+# (flag, model-card field, help): the paper behind the model, which only the user knows
+PAPER_FLAGS = (
+    ("--paper", "name", "the paper's title (default: unknown)"),
+    ("--authors", "authors", "the paper's authors, in its order (default: unknown)"),
+    ("--venue", "venue", "where it appeared, e.g. 'ICCV 2025' (default: unknown)"),
+    ("--paper-link", "link", "the paper's URL (default: unknown)"),
+    (
+        "--reported",
+        "reported",
+        "the paper's own AutoAttack accuracy in percent (default: empty)",
+    ),
+)
+
 
 def add_parser(sub, argv: list[str]) -> Parser:
     p = sub.add_parser(
@@ -25,6 +38,12 @@ def add_parser(sub, argv: list[str]) -> Parser:
         "models/ and model_info/ (default: robustbench/ beside the checkpoint)",
     )
     p.add_argument("--weights", default="model", help="'model' or an extra model, e.g. fawa, ema")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing output files (a .json that `dhat export` did not write is "
+        "never replaced)",
+    )
     rb = p.add_argument_group("RobustBench")
     rb.add_argument(
         "--robustbench",
@@ -32,7 +51,8 @@ def add_parser(sub, argv: list[str]) -> Parser:
         help="write OUT/models/<dataset>/Linf/NAME.pt ({'state_dict': ...}, RobustBench's "
         "key names) and the model card OUT/model_info/<dataset>/Linf/NAME.json, "
         "filled from the checkpoint's `dhat eval` result card (it must include "
-        "AutoAttack: --attacks clean pgd10 cw aa)",
+        "AutoAttack: --attacks clean pgd10 cw aa); the sidecar NAME.json holds the "
+        "class the weights load into strictly (robustbench_code)",
     )
     rb.add_argument(
         "--card",
@@ -44,6 +64,9 @@ def add_parser(sub, argv: list[str]) -> Parser:
         default=None,
         help="RobustBench's model name, e.g. Zhang2025Towards (default: <run>_<checkpoint>)",
     )
+    for flag, key, what in PAPER_FLAGS:
+        metavar = {"name": "TITLE", "link": "URL", "reported": "PERCENT"}.get(key, key.upper())
+        rb.add_argument(flag, default=None, metavar=metavar, help=what)
     rb.add_argument(
         "--rb-field",
         action="append",
@@ -57,6 +80,7 @@ def add_parser(sub, argv: list[str]) -> Parser:
 
 
 def run(ns: argparse.Namespace) -> None:
+    paper = {key: getattr(ns, flag[2:].replace("-", "_")) for flag, key, _ in PAPER_FLAGS}
     if not ns.robustbench:
         given = [
             f
@@ -64,6 +88,7 @@ def run(ns: argparse.Namespace) -> None:
                 ("--card", ns.card),
                 ("--model-name", ns.model_name),
                 ("--rb-field", ns.rb_field),
+                *((flag, paper[key]) for flag, key, _ in PAPER_FLAGS),
             )
             if v
         ]
@@ -71,7 +96,7 @@ def run(ns: argparse.Namespace) -> None:
             raise UserError(f"{given[0]} belongs to --robustbench")
         from ..export import export_checkpoint
 
-        out, side = export_checkpoint(ns.checkpoint, ns.out, ns.weights)
+        out, side = export_checkpoint(ns.checkpoint, ns.out, ns.weights, force=ns.force)
         print(f"weights written to {out}")
         print(f"metadata written to {side}")
         return
@@ -79,8 +104,19 @@ def run(ns: argparse.Namespace) -> None:
     from ..schema import parse_key_value
 
     fields = parse_card_fields(dict(parse_key_value(kv, "--rb-field") for kv in ns.rb_field or []))
+    for flag, key, _ in PAPER_FLAGS:
+        if paper[key] is not None:
+            if key in fields:
+                raise UserError(f"{flag} and --rb-field {key}= both set it: pass one")
+            fields[key] = paper[key]
     paths = export_robustbench(
-        ns.checkpoint, ns.out, ns.weights, card=ns.card, model_name=ns.model_name, fields=fields
+        ns.checkpoint,
+        ns.out,
+        ns.weights,
+        card=ns.card,
+        model_name=ns.model_name,
+        fields=fields,
+        force=ns.force,
     )
     print(f"weights written to {paths['weights']} (sidecar {paths['sidecar'].name})")
     print(f"model card written to {paths['model_info']}")

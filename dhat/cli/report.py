@@ -29,9 +29,16 @@ def add_parser(sub, argv: list[str]) -> Parser:
         "--columns",
         default=None,
         help="comma-separated: clean, pgdK, cw, cwK, aa, gap, bg_gap, bg_gap_pgd10, "
-        "acc:SPLIT, pgd10:SPLIT, fg_iou, bg_iou, fg_iou_inv, bg_iou_inv "
-        f"(default: {','.join(DEFAULT_COLUMNS)}, plus bg_gap,fg_iou,bg_iou for "
-        "cards with background measures)",
+        "acc:SPLIT, pgd10:SPLIT, share, share_null, share_gain, scene_map, fg_iou, bg_iou, "
+        f"fg_iou_inv, bg_iou_inv (default: {','.join(DEFAULT_COLUMNS)}, plus bg_gap, share, "
+        "share_null, share_gain, fg_iou for cards with background measures)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="LABEL",
+        help="also print each row's paired difference against this row (same images, 95 %% "
+        "interval from the cards' per-image records; rows sharing a label are seeds)",
     )
     p.add_argument("--labels", nargs="+", default=None, help="one row label per card, in order")
     p.add_argument("--bold-best", action="store_true", help="bold the best value per column")
@@ -45,6 +52,25 @@ def add_parser(sub, argv: list[str]) -> Parser:
     return p
 
 
+def check_outputs(ns: argparse.Namespace) -> None:
+    """--out (Markdown) and --plot (PNG) are refused, before any card is read, if one would
+    overwrite an input card (given, or an eval_*.json of a given run folder) or the other,
+    has the wrong suffix, or lies where nothing can be written."""
+    from pathlib import Path
+
+    from ..io import check_output_path, same_file
+
+    inputs: list[Path] = []
+    for p in map(Path, ns.inputs):
+        inputs += sorted(p.glob("eval_*.json")) if p.is_dir() else [p]
+    if ns.out:
+        check_output_path(ns.out, inputs, [".md", ".markdown", ".txt"], flag="--out")
+    if ns.plot:
+        if ns.out and same_file(ns.plot, ns.out):
+            raise UserError(f"--plot {ns.plot} is also --out; name another file")
+        check_output_path(ns.plot, inputs, [".png"], flag="--plot")
+
+
 def run(ns: argparse.Namespace) -> None:
     from ..analysis.report import (
         BACKGROUND_COLUMNS,
@@ -55,6 +81,7 @@ def run(ns: argparse.Namespace) -> None:
     )
     from ..io import write_text
 
+    check_outputs(ns)
     rows = load_cards(ns.inputs)
     if ns.labels:
         if len(ns.labels) != len(rows):
@@ -67,6 +94,10 @@ def run(ns: argparse.Namespace) -> None:
         if any(card.get("background") for _, card in rows):
             columns += [c for c in BACKGROUND_COLUMNS if c != "bg_gap_pgd10"]
     text = markdown_table(rows, columns, bold_best=ns.bold_best, notes=ns.notes)
+    if ns.reference:
+        from ..analysis.report import paired_table
+
+        text += "\n" + paired_table(rows, ns.reference, columns)
     if ns.out:
         write_text(ns.out, text)
         print(f"table written to {ns.out}")

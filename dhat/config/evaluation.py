@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..schema import AT_LEAST_1, NONNEG, UNIT, Where, coerce, option, specs
+from ..schema import AT_LEAST_1, NONNEG, SEED, THREADS, UNIT, Where, coerce, option, specs
 from .train import check_device
 
 DEFAULT_ATTACKS = ["clean", "pgd10", "pgd20", "pgd50", "cw"]
@@ -36,7 +36,7 @@ class EvalConfig:
         10000, "robust gap: PGD-10 on this many training images (0 = skip)", range=NONNEG
     )
     batch_size: int = option(256, "evaluation batch size", range=AT_LEAST_1)
-    seed: int = option(0, "seed of the attacks' random starts", range=NONNEG)
+    seed: int = option(0, "seed of the attacks' random starts", range=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     out: str | None = option(
         None, "result card path (default: eval_<name>.json beside the checkpoint)"
@@ -44,7 +44,11 @@ class EvalConfig:
     weights_file: str | None = option(
         None, "a plain state dict (.pt/.safetensors) instead of a checkpoint"
     )
-    model: str | None = option(None, "the weights file's registered architecture")
+    model: str | None = option(
+        None,
+        "the weights file's registered architecture, or a RobustBench CIFAR L-inf model name "
+        "(e.g. Gowal2020Uncovering_70_16)",
+    )
     model_args: dict = option(
         default_factory=dict, flag=False, help="the weights file's architecture arguments"
     )
@@ -54,7 +58,8 @@ class EvalConfig:
     normalization: str | None = option(
         None,
         "the weights file's input normalisation if it has "
-        "no mean/std: none, cifar10, cifar100, imagenet, M,M,M/S,S,S",
+        "no mean/std: none, cifar10, cifar100, imagenet, M,M,M/S,S,S (set by a RobustBench "
+        "model name)",
     )
     aa_n: int = option(0, "AutoAttack on the first N test images (0 = n_test)", range=NONNEG)
     curves: bool = option(False, "accuracy vs ε and vs PGD steps (JSON + PNG)")
@@ -70,7 +75,7 @@ class EvalConfig:
     inverse_eps: list[float] | None = option(
         None, "inverse images for the attention IoU (default: the run's ε_inv)", budget=True
     )
-    threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=NONNEG)
+    threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=THREADS)
     records: str | None = option(
         None,
         "per-image records .npz (default: <card>.records.npz beside the card; 'off' = none)",
@@ -122,7 +127,7 @@ class AttentionConfig:
         None, "Grad-CAM layer (dotted path; default the model's last convolutional stage)"
     )
     batch_size: int = option(256, "batch size", range=AT_LEAST_1)
-    seed: int = option(0, "seed of the inverse attack's start", range=NONNEG)
+    seed: int = option(0, "seed of the inverse attack's start and the null", range=SEED)
     out: str | None = option(None, "JSON output (default: attention.json beside the checkpoint)")
     overlay: str | None = option(None, "also write a PNG grid of overlays here")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")

@@ -19,9 +19,23 @@ from typing import Any, Literal
 
 import yaml
 
-from ..errors import UserError, unknown_name
+from ..errors import UserError, clip, excerpt, unknown_name
 from ..io import write_text
-from ..schema import AT_LEAST_1, NONNEG, POSITIVE, Range, Where, coerce, option, specs
+from ..schema import (
+    AT_LEAST_1,
+    EPOCHS,
+    NONNEG,
+    POSITIVE,
+    SEED,
+    STEPS,
+    THREADS,
+    Range,
+    Where,
+    check_expanded_size,
+    coerce,
+    option,
+    specs,
+)
 from .presets import PRESET_HINTS, PRESET_WITH_AUX, PRESETS
 
 DICT_FIELDS = ("method_args", "model_args", "dataset_args")
@@ -62,9 +76,9 @@ class TrainConfig:
         8 / 255, "L-inf budget of the training attacks and of validation", budget=True
     )
     step_size: float = option(2 / 255, "PGD step size", budget=True)
-    steps: int = option(10, "PGD steps of the training attacks", range=AT_LEAST_1)
+    steps: int = option(10, "PGD steps of the training attacks", range=STEPS)
     # optimisation: SGD, piecewise lr: lr * gamma^(number of milestones <= epoch index)
-    epochs: int = option(110, "training epochs", range=AT_LEAST_1)
+    epochs: int = option(110, "training epochs", range=EPOCHS)
     batch_size: int = option(128, "global batch size", range=AT_LEAST_1)
     lr: float = option(0.1, "initial learning rate", range=POSITIVE)
     momentum: float = option(0.9, "SGD momentum", range=Range(0, 1, high_open=True))
@@ -112,10 +126,10 @@ class TrainConfig:
         0.0, "fraction of every batch drawn from --aux-data", range=Range(0, 1, high_open=True)
     )
     # validation (robust accuracy on the held-out split, every epoch; selects "best")
-    val_steps: int = option(10, "PGD steps of the per-epoch validation", range=AT_LEAST_1)
+    val_steps: int = option(10, "PGD steps of the per-epoch validation", range=STEPS)
     # run
     out_dir: str = option("runs/dhat", "run directory (config.yaml, log.jsonl, checkpoints)")
-    seed: int = option(0, "seed of data order, augmentation and attacks", range=NONNEG)
+    seed: int = option(0, "seed of data order, augmentation and attacks", range=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     amp: Literal["off", "bf16", "fp16"] = option("off", "automatic mixed precision")
     channels_last: bool = option(False, "channels-last memory format")
@@ -129,7 +143,7 @@ class TrainConfig:
         "steps between reads of the running metrics from the device (0 = once per epoch)",
         range=NONNEG,
     )
-    threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=NONNEG)
+    threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=THREADS)
     preset: str | None = option(None, "the named preset this config started from")
 
     def __post_init__(self) -> None:
@@ -211,9 +225,9 @@ def validate_train_config(
         )
     m_src = sources.get("method_args", where)
     cfg.method_args = check_method_options(cfg.method, cfg.method_args, m_src)
-    cfg.model_args = check_model_args(
-        cfg.model, cfg.model_args, _arg_where(sources.get("model_args", where), "model")
-    )
+    model_where = _arg_where(sources.get("model_args", where), "model")
+    cfg.model_args = check_model_args(cfg.model, cfg.model_args, model_where)
+    _check_model_builds(cfg, model_where)
     cfg.dataset_args = check_dataset_args(
         cfg.dataset, cfg.dataset_args, _arg_where(sources.get("dataset_args", where), "dataset")
     )
@@ -250,6 +264,37 @@ def validate_train_config(
     _check_frozen_model_paths(cfg)
 
 
+def _check_model_builds(cfg: TrainConfig, where: Where) -> None:
+    """Build the model on the meta device (no memory, milliseconds), so that an argument its
+    factory refuses (width=0, norm=nosuch) or a Grad-CAM layer it lacks is one line now,
+    before any data is read or any file written."""
+    import torch
+
+    from ..methods import method_options
+    from ..models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg.model, num_classes=10, **cfg.model_args)
+    except UserError:  # the factory's own check names the argument
+        raise
+    except Exception as e:  # any other refusal by the factory: the arguments' fault
+        args = ", ".join(f"{where.key(k)}={excerpt(v, 20)}" for k, v in cfg.model_args.items())
+        raise UserError(
+            f"model '{cfg.model}' cannot be built with {args or 'its defaults'} "
+            f"({type(e).__name__}: {clip(str(e), 160)})"
+        ) from None
+    layer = cfg.method_args.get("cam_layer")
+    if (
+        "cam_layer" in method_options(cfg.method)
+        and layer
+        and cfg.method_args.get("cam_model", "self") == "self"
+    ):
+        from ..cam import check_cam_layer
+
+        check_cam_layer(model, layer, "--cam-layer")
+
+
 def _arg_where(w: Where, what: str) -> Where:
     return (
         Where("key", w.source, f"--{what}-arg ")
@@ -273,16 +318,41 @@ def _check_frozen_model_paths(cfg: TrainConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- building
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping of TrainConfig fields. Refused with one line: a missing or
+    binary file, invalid YAML, more than 1 MB, or more than 100,000 values once its anchors
+    are expanded (an anchor bomb is refused before anything walks it)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+        if len(raw) > MAX_YAML_BYTES:
+            raise UserError(
+                f"config file {p} is {len(raw)} bytes; a TrainConfig YAML is a few kB "
+                f"(at most {MAX_YAML_BYTES})"
+            )
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except OSError as e:
+        raise UserError(f"config file {p} cannot be read ({type(e).__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {p} is not UTF-8 text (a binary file?)") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{p} is not valid YAML: {clip(str(e).splitlines()[0])}") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep; an integer too long
+        raise UserError(f"{p} is not a usable config ({type(e).__name__})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{p} must hold a mapping of TrainConfig fields")
+        raise UserError(f"{p} must hold a mapping of TrainConfig fields, got {excerpt(data)}")
+    check_expanded_size(data, MAX_YAML_VALUES, str(p))
+    for k, v in data.items():
+        if not isinstance(k, str):
+            raise UserError(f"{p}: keys are TrainConfig field names, got {excerpt(k)}")
+        if k in ("preset", "method") and v is not None and not isinstance(v, str):
+            raise UserError(f"{k} ({p}): expected a name, got {excerpt(v)}")
     return data
 
 
@@ -310,7 +380,7 @@ def build_train_config(
     preset = flags.get("preset") or overrides.get("preset") or preset or data.get("preset")
     layers: list[tuple[Where, dict[str, Any]]] = []
     if preset:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise unknown_name("preset", preset, PRESETS)
         layers.append((Where("key", f"preset {preset}"), {**PRESETS[preset], "preset": preset}))
     if data:
@@ -332,8 +402,10 @@ def build_train_config(
             ):
                 continue  # a preset's method options do not carry over to another method
             if k in DICT_FIELDS:
-                if not isinstance(v, dict):
-                    raise UserError(f"{where.key(k)}: expected a mapping of KEY: VALUE, got {v!r}")
+                if not isinstance(v, dict) or not all(isinstance(n, str) for n in v):
+                    raise UserError(
+                        f"{where.key(k)}: expected a mapping of KEY: VALUE, got {excerpt(v)}"
+                    )
                 merged[k] = {**merged.get(k, {}), **v}
             else:
                 merged[k] = v

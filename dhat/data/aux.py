@@ -17,13 +17,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, clip
 from .augment import random_crop_flip
 from .loader import Batch, BatchLoader
 
 
 def _member_array(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
-    """A stored (uncompressed) .npy member of an .npz, memory-mapped."""
+    """A stored (uncompressed) .npy member of an .npz, memory-mapped; a truncated or foreign
+    member (or one of Python objects, which would need unpickling) is a one-line UserError."""
+    try:
+        return _map_member(path, zf, name)
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, TypeError, OverflowError) as e:
+        raise UserError(
+            f"--aux-data {path}: '{name}' is not a readable .npy array "
+            f"({type(e).__name__}: {clip(e, 80)})"
+        ) from None
+
+
+def _map_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     info = zf.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
         raise UserError(
@@ -48,6 +61,11 @@ def _member_array(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
         offset = f.tell()
     if fortran:
         raise UserError(f"{path}: '{name}' is stored in Fortran order; re-save it C-ordered")
+    if dtype.hasobject:
+        raise UserError(f"{path}: '{name}' holds Python objects; it must be a numeric array")
+    end = info.header_offset + 30 + name_len + extra_len + info.file_size  # the member's end
+    if offset + int(np.prod(shape, dtype=object)) * dtype.itemsize > end:
+        raise UserError(f"{path}: '{name}' is shorter than its header says (a truncated file?)")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import UserError, clip, excerpt
 from .datasets import DataBundle, register_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -217,8 +217,10 @@ def decode_all(paths: list[Path], side: int, crop: int, workers: int | None = No
     def one(i: int) -> None:
         try:
             arr[i] = load_image(paths[i], side, crop)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read image {paths[i]}: {e}") from None
+        except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, bomb errors
+            raise UserError(
+                f"cannot read image {paths[i]} ({type(e).__name__}: {clip(e, 100)})"
+            ) from None
 
     if workers <= 1:
         for i in range(len(paths)):
@@ -290,6 +292,15 @@ def load_imagefolder(
     """
     if root is None:
         raise UserError(f"dataset '{name}' needs --data-root, a folder with train/ and val/")
+    _check_sizes(
+        name,
+        resolution=(resolution, 8, 1024),
+        train_resize=(train_resize or resolution, resolution, 4 * resolution),
+        num_classes=(num_classes, 0, 1_000_000),
+        max_per_class=(max_per_class, 0, 10_000_000),
+        max_test_per_class=(max_test_per_class, 0, 10_000_000),
+        workers=(workers or 1, 1, 256),
+    )
     root = Path(root).expanduser()
     side = int(train_resize or round(resolution * RESIZE_RATIO))
     if side < resolution:
@@ -323,6 +334,15 @@ def load_imagefolder(
     bundle.train_augment = partial(train_augment, size=resolution)
     bundle.train_view = partial(center_crop, size=resolution)
     return bundle
+
+
+def _check_sizes(name: str, **values: tuple[object, int, int]) -> None:
+    """Each keyword (value, low, high): an integer in [low, high], else a one-line UserError."""
+    for key, (v, low, high) in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise UserError(
+                f"dataset '{name}': {key} must be an integer in [{low}, {high}], got {excerpt(v)}"
+            )
 
 
 @register_dataset("imagefolder", args_of=load_imagefolder)

@@ -84,7 +84,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable JSON result ({type(e).__name__})") from None
     if not isinstance(card, dict) or not isinstance(card.get("accuracy"), dict):
         raise UserError(f"{path} is not a result card of `dhat eval` (no 'accuracy')")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,14 @@ import torch
 
 from ..attacks.spec import describe, make_attack
 from ..checkpoint import model_from_state, read_checkpoint
-from ..config import EvalConfig, config_hash, resolve_device
+from ..config import DEFAULT_ATTACKS, EvalConfig, config_hash, resolve_device
 from ..data import DataBundle, load_dataset, validation_split
+from ..data.cifar import data_folder
+from ..data.datasets import check_dataset_args
 from ..errors import UserError
 from ..io import file_sha256
 from .background import background_measures, robust_gap_ci
-from .card import SCHEMA, check_writable, save_card, validate_card
+from .card import SCHEMA, check_writable, fallback_path, save_card, validate_card
 from .records import images_sha256, records_path, write_records
 from .robust import correct_under
 
@@ -266,6 +268,7 @@ def load_for_eval(cfg: EvalConfig, device) -> tuple[torch.nn.Module, dict[str, A
             "run_config": {},
             "dataset_default": meta.get("dataset"),
             "eps_default": meta.get("eps"),
+            "robustbench_model": info.get("robustbench_model"),
         }
     if not cfg.checkpoint:
         raise UserError(
@@ -326,9 +329,47 @@ def run_inverse_eps(info: dict[str, Any]) -> list[float]:
 
 
 def default_card_path(cfg: EvalConfig, checkpoint: str) -> Path:
+    """`--out`, else a name beside the checkpoint that names the checkpoint, the weights and
+    what was measured, so evaluations of one checkpoint with other attacks never overwrite
+    each other: eval_best.json (the default attacks), eval_best_clean-pgd20-cw-aa.json,
+    eval_best_curves.json, eval_best_ema_eps4.json, ..."""
+    if cfg.out:
+        return Path(cfg.out)
     src = Path(checkpoint)
-    suffix = "" if cfg.weights == "model" else f"_{cfg.weights}"
-    return Path(cfg.out) if cfg.out else src.with_name(f"eval_{src.stem}{suffix}.json")
+    tag = "" if cfg.weights == "model" else f"_{cfg.weights}"
+    if list(cfg.attacks) != list(DEFAULT_ATTACKS):
+        tag += "_" + "-".join(cfg.attacks)
+    if cfg.eps is not None:
+        tag += f"_eps{cfg.eps * 255:g}"
+    if cfg.curves:
+        tag += "_curves"
+    return src.with_name(f"eval_{src.stem}{tag}.json")
+
+
+def curves_png_path(card_path: Path) -> Path:
+    """The curves figure beside a card: eval_best_curves.json -> eval_best_curves.png."""
+    stem = card_path.stem
+    return card_path.with_name(f"{stem}.png" if stem.endswith("_curves") else f"{stem}_curves.png")
+
+
+def checkpoint_cards(checkpoint: str | Path, weights: str = "model") -> list[Path]:
+    """The result cards written beside `checkpoint` by default for these weights (every
+    eval_<stem>[_<weights>]*.json), newest first; a card's own check says whose it is."""
+    src = Path(checkpoint)
+    head = f"eval_{src.stem}" + ("" if weights == "model" else f"_{weights}")
+    found = [p for p in src.parent.glob(f"{head}*.json") if not p.name.endswith(".meta.json")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation, not yet written: the validated card, its per-image records
+    (None with `records="off"`), the card's path and the pin of its folder."""
+
+    card: dict[str, Any]
+    records: dict[str, Any] | None
+    out: Path
+    pin: Any  # dhat.train.rundir.FolderPin
 
 
 def evaluate_checkpoint(
@@ -339,27 +380,43 @@ def evaluate_checkpoint(
     check_out: bool | None = None,
 ) -> dict[str, Any]:
     """Load `cfg.checkpoint` (or `cfg.weights_file`), evaluate it and return the validated
-    result card (with "path" when written). With `write`, the card (and the curves PNG) is
-    written. That the card's folder is writable is checked before the first attack (with
-    `write`, or `check_out=True` for a caller that writes the card itself). `log` receives
-    progress lines, among them a duration estimate before a long evaluation."""
+    result card (with "path" when written). With `write`, the card, its per-image records and
+    the curves PNG are written (`write_evaluation`). That the card's folder is writable is
+    checked before the first attack (with `write`, or `check_out=True` for a caller that
+    writes the card itself). `log` receives progress lines, among them a duration estimate
+    before a long evaluation."""
+    ev = run_evaluation(cfg, progress, log, check_out=write if check_out is None else check_out)
+    if write:
+        ev.card["path"] = str(write_evaluation(ev, cfg))
+    return ev.card
+
+
+def run_evaluation(
+    cfg: EvalConfig, progress: bool = True, log: Log = None, check_out: bool = True
+) -> Evaluation:
+    """The evaluation of `evaluate_checkpoint`, without writing anything."""
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model, info = load_for_eval(cfg, device)
     out = default_card_path(cfg, info["checkpoint"])
-    if write if check_out is None else check_out:
+    from ..train.rundir import pin_folder  # here: dhat.train imports dhat.eval (a cycle)
+
+    pin = pin_folder(out)  # a card is never written into a run an overwrite replaced since
+    if check_out:
         check_writable(out)
     run_cfg = info.pop("run_config")
     dataset = cfg.dataset or info.get("dataset_default") or "cifar10"
     same = dataset == run_cfg.get("dataset")
-    data = load_dataset(
-        dataset,
-        cfg.data_root or (run_cfg.get("data_root") if same else None),
-        download=run_cfg.get("download", False),
-        **(run_cfg.get("dataset_args", {}) if same else {}),
+    root = cfg.data_root or (run_cfg.get("data_root") if same else None)
+    dataset_args = (
+        check_dataset_args(dataset, dict(run_cfg.get("dataset_args") or {})) if same else {}
     )
+    # a checkpoint's recorded download flag is not honoured: evaluation never downloads
+    data = load_dataset(dataset, root, **dataset_args)
+    if log is not None and dataset.startswith("cifar"):
+        log(f"data: {data_folder(dataset, root)}")
     if data.num_classes != info["num_classes"]:
         raise UserError(
             f"the model has {info['num_classes']} classes but {dataset} has "
@@ -408,18 +465,41 @@ def evaluate_checkpoint(
     )
     card = build_card(result, info, cfg, dataset=dataset, eps=eps, seconds=time.perf_counter() - t0)
     validate_card(card)
-    if write and records is not None:
-        rpath = Path(cfg.records) if cfg.records else records_path(out)
+    return Evaluation(card, records, out, pin)
+
+
+def write_evaluation(ev: Evaluation, cfg: EvalConfig) -> Path:
+    """Write an evaluation: its per-image records, the curves PNG and the card, atomically,
+    inside the pin of the card's folder; the one write path of the library and the CLI.
+    If an overwrite replaced the run meanwhile, the results go to a fallback card (named in
+    a warning) instead of being lost. Returns the card's path."""
+    import warnings
+
+    from ..train.rundir import RunSwapped  # here: dhat.train imports dhat.eval (a cycle)
+
+    card, out = ev.card, ev.out
+    rpath = Path(cfg.records) if cfg.records else records_path(out)
+    png = curves_png_path(out)
+    try:
+        with ev.pin.write(*[p for p in (out, rpath, png) if p]):
+            return _write(card, ev.records, out, rpath, png)
+    except (RunSwapped, OSError) as e:  # replaced by an overwrite, or no longer writable
+        why = str(e) if isinstance(e, RunSwapped) else f"could not write {out} ({e.strerror})"
+        alt = fallback_path(out)
+        warnings.warn(f"{why}; the result card is at {alt} instead", stacklevel=2)
+        return _write(card, ev.records, alt, records_path(alt), curves_png_path(alt))
+
+
+def _write(card, records, out: Path, rpath: Path, png: Path) -> Path:
+    if records is not None:
         card["records"] = {
             "file": rpath.name if rpath.parent.resolve() == out.parent.resolve() else str(rpath),
             "sha256": write_records(rpath, records),
             "names": sorted(records),
         }
-    if write:
-        if "curves" in card:
-            plot_card_curves(card, out.with_name(f"{out.stem}_curves.png"))
-        card["path"] = str(save_card(card, out))
-    return card
+    if "curves" in card:
+        plot_card_curves(card, png)
+    return save_card(card, out)
 
 
 def build_card(
@@ -463,6 +543,11 @@ def build_card(
                 "config_hash",
             )
         },
+        **(
+            {"robustbench_model": info["robustbench_model"]}
+            if info.get("robustbench_model")
+            else {}
+        ),
         "n_test": result["n_test"],
         "n_aa": result.get("n_aa"),
         "attack_settings": attack_settings(list(acc), eps, cfg.step_size),

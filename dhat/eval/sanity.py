@@ -12,6 +12,8 @@ Checks on the model (a subset of `n` evaluation images):
 Checks on the results:
   more_steps        PGD-50 accuracy above PGD-10 beyond noise (paired, per image)
   aa_vs_pgd         AutoAttack far below our PGD/CW (they are weak or masked), or above them
+                    (with no PGD/CW requested, against the PGD-10/50 run on the model-check
+                    images, so an AutoAttack-only evaluation still has this check)
   aa_flags          AutoAttack's own checks logged a warning
   curves            accuracy rising with ε or with PGD steps
 """
@@ -362,11 +364,11 @@ def run_sanity_checks(
             c.append(correct_under(model, xs, ys, attack, batch_size=batch_size, device=device))
         c10, c50 = c
     out.append(check_more_steps(c10, c50))
-    out.append(
-        check_aa_vs_pgd(correct, aa_robust)
-        if aa_robust is not None
-        else _result("aa_vs_pgd", None, "AutoAttack not run (add 'aa' to --attacks)")
-    )
+    if aa_robust is None:
+        out.append(_result("aa_vs_pgd", None, "AutoAttack not run (add 'aa' to --attacks)"))
+    else:  # no PGD/CW asked for: compare with the PGD-10/50 just run on the first n images
+        ours = {k: v for k, v in correct.items() if k.startswith(("pgd", "cw"))}
+        out.append(check_aa_vs_pgd(ours or {"pgd10": c10, "pgd50": c50}, aa_robust))
     out.append(
         check_aa_flags(aa_warnings or [])
         if aa_robust is not None

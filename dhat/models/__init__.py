@@ -1,6 +1,15 @@
 """Models: a registry of image classifiers with normalisation inside."""
 
-from . import inception, preact_resnet, resnet, small_cnn, vgg, wide_resnet  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    dm_resnet,
+    inception,
+    preact_resnet,
+    resnet,
+    robustbench,
+    small_cnn,
+    vgg,
+    wide_resnet,
+)
 from .base import CIFAR10_MEAN, CIFAR10_STD, NORMALIZATION, Classifier
 from .registry import (
     ModelCfg,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import UserError, excerpt
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -20,6 +24,40 @@ NORMALIZATION = {
     "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
+
+
+class ModelArgError(UserError, ValueError):
+    """A model argument out of its range: one line in the CLI, a ValueError in Python."""
+
+
+def check_int(model: str, name: str, value: Any, low: int = 1, high: int = 4096) -> None:
+    """`value` an integer in [low, high], else a ModelArgError naming `model` and `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ModelArgError(
+            f"model {model}: {name} must be an integer in [{low}, {high}], got {excerpt(value)}"
+        )
+
+
+def check_float(
+    model: str, name: str, value: Any, low: float, high: float, *, low_open: bool = False
+) -> None:
+    """`value` a finite number in [low, high) ((low, high) with `low_open`), else a
+    ModelArgError naming `model` and `name`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and value < high
+    ok = ok and (low < value if low_open else low <= value)
+    if not ok:
+        raise ModelArgError(
+            f"model {model}: {name} must lie in {'(' if low_open else '['}{low:g}, {high:g}), "
+            f"got {excerpt(value)}"
+        )
+
+
+def check_choice(model: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ModelArgError(
+            f"model {model}: {name} must be {' or '.join(map(repr, choices))}, got {excerpt(value)}"
+        )
 
 
 class Classifier(nn.Module, abc.ABC):
@@ -41,9 +79,11 @@ class Classifier(nn.Module, abc.ABC):
         std: Sequence[float] | None = None,
     ):
         super().__init__()
+        check_int(type(self).__name__, "num_classes", num_classes, 1, 1_000_000)
         self.num_classes = num_classes
         mean = CIFAR10_MEAN if mean is None else mean
         std = CIFAR10_STD if std is None else std
+        _check_stats(type(self).__name__, mean, std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -56,3 +96,19 @@ class Classifier(nn.Module, abc.ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.normalise(x))
+
+
+def _check_stats(model: str, mean: Any, std: Any) -> None:
+    """Per-channel mean and std: equally many finite numbers, every std > 0."""
+    try:
+        m = torch.as_tensor(mean, dtype=torch.float64, device="cpu").flatten()
+        s = torch.as_tensor(std, dtype=torch.float64, device="cpu").flatten()
+        ok = 0 < len(m) == len(s) and bool(m.isfinite().all() and s.isfinite().all())
+        ok = ok and bool((s > 0).all())
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ModelArgError(
+            f"model {model}: mean/std must be equally many finite numbers (one per "
+            f"channel), std > 0; got mean={excerpt(mean)}, std={excerpt(std)}"
+        )

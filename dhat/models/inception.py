@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, check_choice, check_float
 from .registry import IMAGENET, ModelCfg, register_model
 
 
@@ -156,8 +156,9 @@ class InceptionV3(Classifier):
         self, num_classes=10, variant="cifar", width_mult=1.0, dropout=0.5, mean=None, std=None
     ):
         super().__init__(num_classes, mean, std)
-        if variant not in ("cifar", "imagenet"):
-            raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
+        check_choice("inception_v3", "variant", variant, ("cifar", "imagenet"))
+        check_float("inception_v3", "width_mult", width_mult, 0.0, 16.0, low_open=True)
+        check_float("inception_v3", "dropout", dropout, 0.0, 1.0)
         self.variant = variant
 
         def c(n: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, check_int
 from .registry import ModelCfg, register_model
 
 
@@ -42,6 +42,7 @@ class PreActResNet(Classifier):
 
     def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10, width=64, mean=None, std=None):
         super().__init__(num_classes, mean, std)
+        check_int("preact_resnet", "width", width)
         w = [width, 2 * width, 4 * width, 8 * width]
         self.conv1 = nn.Conv2d(3, w[0], 3, 1, 1, bias=False)
         self.in_planes = w[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, check_choice, check_int
 from .registry import IMAGENET, ModelCfg, register_model
 
 
@@ -66,6 +66,7 @@ class ResNet(Classifier):
 
     def __init__(self, block, num_blocks, num_classes=10, width=64, mean=None, std=None):
         super().__init__(num_classes, mean, std)
+        check_int("resnet", "width", width)
         self.in_planes = width
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -111,8 +112,7 @@ class ImageNetResNet(ResNet):
 
 
 def _check_variant(variant: str) -> None:
-    if variant not in ("cifar", "imagenet"):
-        raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
+    check_choice("resnet50", "variant", variant, ("cifar", "imagenet"))
 
 
 @register_model(

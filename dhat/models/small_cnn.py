@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, check_choice, check_int
 from .registry import ModelCfg, register_model
 
 
@@ -21,8 +21,8 @@ class SmallCNN(Classifier):
 
     def __init__(self, num_classes=10, width=16, mean=None, std=None, norm="bn"):
         super().__init__(num_classes, mean, std)
-        if norm not in ("bn", "none"):
-            raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+        check_int("small_cnn", "width", width)
+        check_choice("small_cnn", "norm", norm, ("bn", "none"))
         w = width
 
         def block(cin, cout, stride):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, check_choice, check_float, check_int
 from .registry import IMAGENET, ModelCfg, register_model
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -37,8 +37,10 @@ class VGG(Classifier):
         std=None,
     ):
         super().__init__(num_classes, mean, std)
-        if variant not in ("cifar", "imagenet"):
-            raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
+        check_int("vgg", "width", width)
+        check_choice("vgg", "variant", variant, ("cifar", "imagenet"))
+        check_int("vgg", "hidden", hidden, 1, 65536)
+        check_float("vgg", "dropout", dropout, 0.0, 1.0)
         layers: list[nn.Module] = []
         cin = 3
         for v in cfg:

@@ -19,6 +19,13 @@
   input: its `PreActBlockV2`) and `ResNet` already use our names. Its `PreActBlock` without
   `out_shortcut` (Wong2020Fast) is another network with the same block keys; it lacks our
   final `bn` and is refused for that.
+* RobustBench: `model_name` may be one of its CIFAR-10/100 L∞ rows (`Gowal2020Uncovering_70_16`;
+  table and reasons for the refused rows in `models/robustbench.py`), and a file that keeps a
+  row's name, as RobustBench's loader saves it, is recognised without one. The row fixes the
+  architecture (its DMWideResNet / DMPreActResNet are `dm_wrn` / `dm_preact`), its arguments
+  and its normalisation, including what its forward does besides (x - mean) / std:
+  Hendrycks2019Using's 2x - 1 is normalisation 0.5/0.5, Ding2020MMA's per-image
+  standardisation is `per_image_wrn`. Flags that contradict the row are refused.
 * Normalisation: our models normalise inside (`mean`/`std` buffers). A state dict without them
   takes them from `normalization`: 'none' (mean 0, std 1: the model sees [0, 1] pixels, as
   RobustBench's bare architectures do), 'cifar10', 'cifar100', 'imagenet', or 'M,M,M/S,S,S'.
@@ -90,11 +97,14 @@ def sidecar_path(path: str | Path) -> Path:
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The `dhat export` sidecar beside a weights file, or {}."""
     side = sidecar_path(path)
-    if side.suffix == Path(path).suffix or not side.is_file():
-        return {}
+    return {} if side.suffix == Path(path).suffix else export_sidecar(side)
+
+
+def export_sidecar(side: str | Path) -> dict[str, Any]:
+    """The JSON file `side` if `dhat export` wrote it (its `format` says so), else {}."""
     try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(Path(side).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return (
         meta
@@ -279,6 +289,54 @@ def _infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
+def _same_normalization(a: str, b: str) -> bool:
+    pa, pb = parse_normalization(a), parse_normalization(b)
+    return all(abs(u - v) < 1e-6 for x, y in zip(pa, pb) for u, v in zip(x, y))
+
+
+def _canonical(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(architecture, all its arguments), the fixed-size WRNs as `wide_resnet`."""
+    from .registry import model_arg_defaults
+
+    full = {**model_arg_defaults(name), **kwargs}
+    if name in ("wrn_28_10", "wrn_34_10"):
+        depth, widen = name.split("_")[1:]
+        return "wide_resnet", {
+            **model_arg_defaults("wide_resnet"),
+            **full,
+            "depth": int(depth),
+            "widen": int(widen),
+        }
+    return name, full
+
+
+def _args_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def _robustbench_row(
+    path: Path,
+    model_name: str | None,
+    meta: dict[str, Any],
+    num_classes: int | None,
+):
+    """(row name, dataset, Row) when `model_name` is a RobustBench row, or the file keeps a
+    row's name (`Gowal2020Uncovering_70_16.pt`, as RobustBench's loader saves it); else None."""
+    from . import robustbench as rb
+    from .registry import list_models
+
+    if model_name and model_name not in list_models():
+        if not (rb.is_row_name(model_name) or rb.ROW_NAME.fullmatch(model_name)):
+            return None  # not a row's spelling: create_model names the nearest architecture
+        row_name = model_name  # a row, or a misspelt one: lookup names the nearest
+    elif not meta and rb.ROW_NAME.fullmatch(path.stem) and rb.is_row_name(path.stem):
+        row_name = path.stem
+    else:
+        return None
+    dataset = rb.dataset_of(row_name, num_classes, path.resolve().parts)
+    return row_name, dataset, rb.lookup(row_name, num_classes, dataset)
+
+
 def load_weights_file(
     path: str | Path,
     model_name: str | None = None,
@@ -290,26 +348,81 @@ def load_weights_file(
 ):
     """Build a registered architecture and load a plain state dict into it -> (model in eval
     mode, info). `model_name`/`num_classes`/`model_args` default to a `dhat export` sidecar's
-    values; `num_classes` otherwise to the rows of the final linear layer."""
+    values; `num_classes` otherwise to the rows of the final linear layer.
+
+    `model_name` may be a RobustBench CIFAR L∞ row (`Gowal2020Uncovering_70_16`): its
+    architecture, arguments and normalisation are then RobustBench's (`models/robustbench.py`).
+    A file that keeps a row's name is recognised without `model_name`, and an architecture,
+    arguments or normalisation given for it that differ from the row's are refused."""
     from .registry import check_model_args, create_model, list_models
 
     path = Path(path)
     state = read_state_dict(path)
     meta = read_sidecar(path)
+    file_classes = _infer_num_classes({_strip(k): v for k, v in state.items()})
+    found = _robustbench_row(path, model_name, meta, num_classes or file_classes)
+    rb_info: dict[str, Any] = {"robustbench_model": None}
+    if found is not None:
+        row_name, dataset, row = found
+        rb_info = {"robustbench_model": f"{dataset}/Linf/{row_name}", "robustbench_note": row.note}
+        how = f" ({row.note})" if row.note else ""
+        if model_name in (None, row_name):
+            if model_args:
+                raise UserError(
+                    f"RobustBench's {row_name} fixes its architecture ({row.arch} "
+                    f"{_args_text(row.kwargs)}): drop --model-arg"
+                )
+            if normalization is not None and not _same_normalization(
+                normalization, row.normalization
+            ):
+                raise UserError(
+                    f"RobustBench's {row_name} takes --normalization {row.normalization}{how}: "
+                    "drop --normalization"
+                )
+            model_name, model_args, normalization = row.arch, row.kwargs, row.normalization
+            num_classes = num_classes or {"cifar10": 10, "cifar100": 100}[dataset]
     name = model_name or meta.get("architecture")
     if not name:
-        raise UserError(f"pass --model NAME for {path} (one of: {', '.join(list_models())})")
+        raise UserError(
+            f"pass --model NAME for {path}: one of {', '.join(list_models())}, or a "
+            "RobustBench CIFAR L∞ model name such as Carmon2019Unlabeled"
+        )
     kwargs = dict(meta.get("kwargs", {})) if name == meta.get("architecture") else {}
     kwargs.update(check_model_args(name, dict(model_args or {}), Where(prefix="--model-arg ")))
+    if found is not None:  # an architecture given for a file named as RobustBench's row
+        row_name, _, row = found
+        if _canonical(name, kwargs) != _canonical(row.arch, row.kwargs):
+            raise UserError(
+                f"{path.name} is RobustBench's {row_name}, a {row.arch} with "
+                f"{_args_text(row.kwargs)}"
+                f"{how}: pass --model {row_name} (or rename the file if it is another network)"
+            )
+        if normalization is None:
+            normalization = row.normalization
+        elif not _same_normalization(normalization, row.normalization):
+            raise UserError(
+                f"{path.name} is RobustBench's {row_name}, which takes --normalization "
+                f"{row.normalization}{how}: pass --model {row_name} or that normalisation"
+            )
     n_cls = (
         num_classes
         or (meta.get("num_classes") if name == meta.get("architecture") else None)
-        or _infer_num_classes({_strip(k): v for k, v in state.items()})
+        or file_classes
         or 10
     )
     model = create_model(name, num_classes=n_cls, **kwargs)
+    if getattr(model, "per_image", False):  # standardises each image: mean/std are unused
+        if normalization not in (None, "none"):
+            raise UserError(
+                f"{name} standardises each image by its own mean and std: drop --normalization"
+            )
+        normalization = "none"
     mapped, renames = map_keys(state, model.state_dict().keys())
     norm = fit_state_dict(model, mapped, source=str(path), normalization=normalization)
+    if getattr(model, "per_image", False):
+        norm["normalization_source"] = "per-image standardisation (mean/std unused)"
+    elif found is not None:
+        norm["normalization_source"] = f"RobustBench's {found[0]}{how}"
     info = {
         "weights_file": str(path),
         "sha256": file_sha256(path),
@@ -318,6 +431,7 @@ def load_weights_file(
         "num_classes": n_cls,
         **norm,
         **renames,
+        **rb_info,
         "sidecar": meta or None,
     }
     return model.to(device).eval(), info

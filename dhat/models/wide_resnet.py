@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Classifier
+from .base import Classifier, ModelArgError, check_float, check_int
 from .registry import ModelCfg, register_model
 
 
@@ -47,8 +47,13 @@ class WideResNet(Classifier):
 
     def __init__(self, depth=28, widen=10, num_classes=10, drop_rate=0.0, mean=None, std=None):
         super().__init__(num_classes, mean, std)
+        check_int("wide_resnet", "depth", depth, 10, 1000)
+        check_int("wide_resnet", "widen", widen, 1, 64)
+        check_float("wide_resnet", "drop_rate", drop_rate, 0.0, 1.0)
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+            raise ModelArgError(
+                f"model wide_resnet: depth must be 6n+4 (10, 16, 28, 34, ...), got {depth}"
+            )
         n = (depth - 4) // 6
         ch = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)

@@ -4,6 +4,14 @@ Per step nothing is read back from the device: metrics are summed as tensors and
 per `log_every` steps and at the end of the epoch (where a non-finite loss is detected and
 the run stops). A checkpoint is written only if it is good: finite weights and buffers and
 finite validation logits. The run directory is locked and overwritten safely (`rundir`).
+
+Each good epoch is committed in this order: its log line, `last.pt` (which records the best
+epoch so far, `best_epoch`), `best.pt` if the epoch is the new best, and, in a resumed run,
+config.yaml and events.jsonl (so a resume that stops before saving leaves them as they were).
+`last.pt` also holds the text of config.yaml and the events: a `--resume` after an
+interruption between these writes restores best.pt (from last.pt, which is then the best),
+config.yaml and events.jsonl from it, and removes temporary files a kill left. Checkpoint
+states count epochs from 0 (`epoch`, `best_epoch`); log.jsonl and messages from 1.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ..attacks.spec import make_attack
-from ..checkpoint import load_model, read_checkpoint, save_checkpoint
-from ..config import TrainConfig, save_yaml
+from ..checkpoint import CheckpointWriteError, load_model, read_checkpoint, save_checkpoint
+from ..config import TrainConfig
 from ..data import BatchLoader, load_dataset, validation_split
 from ..errors import UserError
 from ..eval.robust import correct_under
@@ -43,12 +52,18 @@ from .distributed import (
 )
 from .ema import EMA
 from .rundir import (
+    RUN_FILES,
     RunLock,
     append_jsonl,
     check_out_dir,
+    check_run_files,
+    clean_temp_files,
     holds_run,
+    jsonl,
+    make_staging,
     read_log,
     recover,
+    register,
     staging_dir,
     swap_in,
     write_log,
@@ -57,6 +72,14 @@ from .schedule import onecycle_lr, piecewise_lr
 
 # Config fields a resume may always change: they do not alter the training trajectory.
 FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_every")
+# Config fields a resume can never change, even with --allow-change: last.pt's state is made
+# for them.
+FIXED_ON_RESUME = {
+    "model": "last.pt holds weights of the run's architecture",
+    "model_args": "last.pt holds weights of the run's architecture",
+    "ema_decay": "last.pt's averaged weights (or their absence) belong to the run's EMA",
+    "aux_data": "the run's batches and generator state are made for its generated data",
+}
 
 
 class TrainingDiverged(UserError):
@@ -158,15 +181,49 @@ class Trainer:
                 "run directory must be on a filesystem that every node shares"
             )
         self.resume = everywhere
+        self._saved: dict[str, Any] | None = None  # last.pt on the main process of a resume
+        if self.dist.main and self.out.is_dir():
+            check_run_files(self.out)
         if self.resume and self.dist.main:
-            self.changes = self._check_resume_config()
+            self._saved = read_checkpoint(self.out / "last.pt")
+            self.changes = self._check_resume_config(self._saved["config"])
+            clean_temp_files(self.out)
+            self._repair(self._saved)
         self.staged = overwrite and holds_run(self.out)
         self.run_dir = staging_dir(self.out) if self.staged else self.out
 
-    def _check_resume_config(self) -> dict[str, tuple[Any, Any]]:
-        saved = read_checkpoint(self.out / "last.pt")["config"]
+    def _repair(self, last: dict[str, Any]) -> None:
+        """Bring best.pt, config.yaml and events.jsonl in step with last.pt after an
+        interruption between the writes of one epoch (see the module docstring)."""
+        import shutil
+
+        from ..io import atomic_write, write_text
+
+        best = self.out / "best.pt"
+        if last.get("best_epoch") == last["epoch"] and (
+            not best.is_file() or read_checkpoint(best)["epoch"] != last["epoch"]
+        ):
+            atomic_write(best, lambda tmp: shutil.copyfile(self.out / "last.pt", tmp))
+        for name, text in (
+            ("config.yaml", last.get("config_yaml")),
+            ("events.jsonl", jsonl(last["events"]) if "events" in last else None),
+        ):
+            path = self.out / name
+            now = path.read_text() if path.is_file() else None
+            if text is not None and now != text and (now is not None or text):
+                write_text(path, text)
+
+    def _check_resume_config(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         current = json.loads(json.dumps(asdict(self.cfg), default=str))
         changes = config_changes(saved, current)
+        fixed = sorted(k for k in changes if k in FIXED_ON_RESUME)
+        if fixed:
+            k = fixed[0]
+            raise UserError(
+                f"--resume cannot change {k} ({changes[k][0]} -> {changes[k][1]}): "
+                f"{FIXED_ON_RESUME[k]}; resume with the run's {k}, or start a new run "
+                "(--overwrite, or another --out-dir)"
+            )
         refused = sorted(k for k in changes if k not in self.allow_change)
         if refused:
             shown = ", ".join(f"{k} ({changes[k][0]} -> {changes[k][1]})" for k in refused)
@@ -280,9 +337,46 @@ class Trainer:
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.start_epoch, self.best = 0, -1.0
+        self.best_epoch: int | None = None
+        self.events: list[dict[str, Any]] = []
 
     def _restore(self) -> None:
-        state = read_checkpoint(self.out / "last.pt")
+        last = self.out / "last.pt"
+        state = self._saved if self._saved is not None else read_checkpoint(last)
+        self._saved = None
+        try:
+            self._load_state(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UserError(
+                f"{last} does not fit the settings of this resume ({type(e).__name__}: "
+                f"{first}); resume with the run's settings"
+            ) from None
+        self.start_epoch, self.best = state["epoch"] + 1, state["best_val_robust"]
+        self.best_epoch = state.get("best_epoch")
+        if "events" in state:
+            self.events = list(state["events"])
+        elif self.dist.main:  # a run saved before last.pt kept its events
+            self.events = read_log(self.out / "events.jsonl")
+        log = self.out / "log.jsonl"
+        if self.dist.main:  # drop lines of an epoch the checkpoint lacks (and a torn last line)
+            write_log(log, [r for r in read_log(log) if r.get("epoch", 0) <= self.start_epoch])
+            if self.changes:  # written with the resumed run's first checkpoint
+                change = {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()}
+                self.events.append(
+                    {
+                        "event": "resume",
+                        "from_epoch": self.start_epoch,
+                        "changed": change,
+                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    },
+                )
+                tqdm.write(
+                    f"resuming at epoch {self.start_epoch + 1} with changed settings: "
+                    + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())
+                )
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state.get("method_state", {}))
@@ -297,25 +391,6 @@ class Trainer:
             self.aux_generator.set_state(rng["aux"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.start_epoch, self.best = state["epoch"] + 1, state["best_val_robust"]
-        log = self.out / "log.jsonl"
-        if self.dist.main:  # drop lines of an epoch the checkpoint lacks (and a torn last line)
-            write_log(log, [r for r in read_log(log) if r.get("epoch", 0) <= self.start_epoch])
-            if self.changes:
-                change = {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()}
-                append_jsonl(
-                    self.out / "events.jsonl",
-                    {
-                        "event": "resume",
-                        "from_epoch": self.start_epoch,
-                        "changed": change,
-                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    },
-                )
-                tqdm.write(
-                    f"resuming at epoch {self.start_epoch + 1} with changed settings: "
-                    + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())
-                )
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -331,9 +406,12 @@ class Trainer:
                 **({"ema": self.ema.state_dict()} if self.ema else {}),
             },
             "ema": self.ema.state_dict() if self.ema else None,
-            "epoch": epoch,
+            "epoch": epoch,  # 0-based, as best_epoch; the log counts from 1
             "best_val_robust": self.best,
+            "best_epoch": self.best_epoch,
             "config": json.loads(json.dumps(asdict(self.cfg), default=str)),
+            "config_yaml": config_text(self.cfg),
+            "events": self.events,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -356,14 +434,20 @@ class Trainer:
     def _fit(self) -> Path:
         cfg, d = self.cfg, self.dist
         self._build()
-        if d.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
-            if not self.resume:
-                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+        if d.main and not self.resume:  # a resumed run's files change with its first save
+            from ..io import write_text
+
+            if self.staged:
+                make_staging(self.out)
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            register(self.run_dir, RUN_FILES)
+            write_text(self.run_dir / "config.yaml", config_text(cfg))
+            (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         if self.resume:
             self._restore()
         barrier(d)
+        saved_here = False
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
             broadcast_module(self.model, d)  # rank 0's BN statistics: every rank validates it
@@ -381,6 +465,8 @@ class Trainer:
             key = f"val_{self.cfg.select_metric}_acc" + ("_ema" if self.cfg.select == "ema" else "")
             improved = record[key] > self.best
             self.best = max(self.best, record[key])
+            if improved:
+                self.best_epoch = epoch
             record["best"] = improved
             state = self._state(epoch) if d.main else None
             problem = _not_good(state, finite_logits) if state is not None else None
@@ -388,37 +474,64 @@ class Trainer:
                 raise self._diverged(f"after epoch {epoch + 1}: {problem or 'another rank'}")
             if d.main:
                 assert state is not None  # made above on the main process
-                append_jsonl(self.run_dir / "log.jsonl", record)
-                save_checkpoint(self.run_dir / "last.pt", state)
-                if improved:
-                    save_checkpoint(self.run_dir / "best.pt", state)
-                if self.staged:  # the first good checkpoint of an overwrite: swap it in
-                    swap_in(self.out, self.run_dir)
-                    self.staged, self.run_dir = False, self.out
+                try:
+                    self._commit(record, state, improved, first=not saved_here)
+                except (CheckpointWriteError, OSError) as e:
+                    raise self._write_failed(epoch, e) from None
+                saved_here = True
                 if cfg.progress:
                     tqdm.write(_summary(record))
             barrier(d)
         return self.out
 
-    def _diverged(self, what: str) -> TrainingDiverged:
+    def _commit(self, record: dict[str, Any], state: dict[str, Any], improved: bool, first: bool):
+        """Write one good epoch, in the order of the module docstring."""
+        from ..io import write_text
+
+        append_jsonl(self.run_dir / "log.jsonl", record)
+        if first and self.resume:  # a run saved before manifests: name its files now
+            register(self.run_dir, RUN_FILES)
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", state)
+        if first and self.resume:
+            write_text(self.run_dir / "config.yaml", state["config_yaml"])
+            if self.events or (self.run_dir / "events.jsonl").exists():
+                write_text(self.run_dir / "events.jsonl", jsonl(self.events))
+        if self.staged:  # the first good checkpoint of an overwrite: swap it in
+            swap_in(self.out, self.run_dir)
+            self.staged, self.run_dir = False, self.out
+
+    def _where(self, fresh: str, staged: str, resumable: str) -> str:
+        """Where the run stands after a failure, with the advice for each case."""
         last = self.out / "last.pt"
         if holds_run(self.out) and not self.staged:
-            where = (
+            return (
                 f"the last good checkpoint is {last} (epoch "
-                f"{read_checkpoint(last)['epoch'] + 1}); continue from it with a lower lr: "
-                f"--resume --allow-change lr --lr {self.cfg.lr / 10:g}"
+                f"{read_checkpoint(last)['epoch'] + 1}); {resumable}"
             )
-        elif self.staged:
-            where = (
-                f"nothing was saved and {self.out} still holds the old run; lower --lr "
-                "and --overwrite again"
-            )
-        else:
-            where = (
-                f"no good checkpoint exists yet (so {self.out} holds no run); rerun with a "
-                "lower --lr"
-            )
+        if self.staged:
+            return f"nothing was saved and {self.out} still holds the old run; {staged}"
+        return f"no good checkpoint exists yet (so {self.out} holds no run); {fresh}"
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        where = self._where(
+            "rerun with a lower --lr",
+            "lower --lr and --overwrite again",
+            "continue from it with a lower lr: "
+            f"--resume --allow-change lr --lr {self.cfg.lr / 10:g}",
+        )
         return TrainingDiverged(f"training diverged {what}; {where}. Check the method options too")
+
+    def _write_failed(self, epoch: int, e: CheckpointWriteError | OSError) -> UserError:
+        if isinstance(e, OSError):
+            why = f"cannot write {e.filename}: {e.strerror or e}" if e.filename else str(e)
+        else:
+            why = str(e)
+        where = self._where(
+            "free space and rerun", "free space and --overwrite again", "free space, then --resume"
+        )
+        return UserError(f"saving epoch {epoch + 1} failed: {why}; {where}")
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, d = self.cfg, self.dist
@@ -552,6 +665,11 @@ def _not_good(state: dict[str, Any], finite_logits: bool) -> str | None:
     if not finite_logits:
         return "the validation logits are not finite"
     return None
+
+
+def config_text(cfg: TrainConfig) -> str:
+    """config.yaml's text."""
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
