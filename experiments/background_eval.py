@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from background_study import eval_config, run_dir, train_config
+from background_study import eval_config, run_dir
 
 from dhat.eval import evaluate_checkpoint
 
@@ -28,9 +28,8 @@ def _log(rdir: Path) -> list[dict]:
 
 def evaluate_run(args, name: str, seed: int, quiet: bool = False) -> dict | None:
     rdir = run_dir(args, name, seed)
-    cfg = train_config(args, name, seed)
     last = rdir / "last.pt"
-    if not last.is_file() or len(_log(rdir)) < cfg.epochs:
+    if not last.is_file() or len(_log(rdir)) < args.epochs:
         if not quiet:
             print(f"{name} s{seed}: not trained yet, skipped", flush=True)
         return None
