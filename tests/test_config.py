@@ -253,3 +253,13 @@ def test_attention_and_eval_name_the_checkpoints_dataset(tmp_path, capsys):
         == 0
     )
     assert "dataset: shapes (the checkpoint's)" in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys):
+    import dhat
+    from dhat.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dhat {dhat.__version__}"

@@ -202,3 +202,16 @@ def test_every_preset_is_a_valid_config():
         cfg = build_train_config(preset=name)
         assert cfg.model in list_models() and cfg.method in list_methods(), name
         assert cfg.dataset in list_datasets(), name
+
+
+def test_a_bare_resume_starts_from_the_runs_saved_config(tmp_path, full_run):
+    """`dhat train --out-dir DIR --resume` (the README's line): no --config, no method or
+    dataset flags; the run's own config.yaml is the start, flags on top are the changes."""
+    assert run(tmp_path, "--method", "pgd_at", "--epochs", "1", name="cut") == 0
+    argv = ["train", "--out-dir", str(tmp_path / "cut"), "--resume", "--epochs", "2"]
+    assert main([*argv, "--no-eval"]) == 0
+    a = read_checkpoint(full_run("pgd_at") / "last.pt")
+    b = read_checkpoint(tmp_path / "cut" / "last.pt")
+    assert b["config"]["method"] == "pgd_at" and b["config"]["dataset"] == a["config"]["dataset"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

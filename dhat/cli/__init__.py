@@ -39,6 +39,9 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         action="store_true",
         help="on an unexpected error, print its traceback (may go anywhere on the line)",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"dhat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS.values():
         module.add_parser(sub, argv[1:] if argv[:1] == ["train"] else [])

@@ -2,11 +2,13 @@
 
 The chosen method's options are flags (`dhat train --method dhat --help` lists DHAT's); the
 method is read from --method, else the YAML file, else the preset, else the default (dhat).
+`--resume` without `--config` starts from the run's saved config.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, EvalConfig, TrainConfig, build_train_config, read_yaml
@@ -19,14 +21,25 @@ QUICK_N = 1000
 TOP_LEVEL = {f for f, s in specs(TrainConfig).items() if s.flag}
 
 
+def resumed_config(config: str | None, resume: bool, out_dir: str | None) -> str | None:
+    """The YAML a run starts from: --config, else with --resume the run's own saved
+    config.yaml (flags on top of it are then the changes `--allow-change` checks)."""
+    if config or not resume:
+        return config
+    saved = Path(out_dir or TrainConfig.out_dir) / "config.yaml"
+    return str(saved) if saved.is_file() else None
+
+
 def chosen_method(argv: list[str]) -> tuple[str, bool]:
     """(the method these arguments train, whether --method was given), without validating."""
     p = argparse.ArgumentParser(add_help=False)
-    for name in ("--method", "--preset", "--config"):
+    for name in ("--method", "--preset", "--config", "--out-dir"):
         p.add_argument(name)
+    p.add_argument("--resume", action="store_true")
     ns, _ = p.parse_known_args(argv)
     if ns.method:
         return ns.method, True
+    ns.config = resumed_config(ns.config, ns.resume, ns.out_dir)
     if ns.config:
         try:
             data = read_yaml(ns.config)
@@ -127,7 +140,9 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
     for key in ("model_args", "dataset_args"):
         if getattr(ns, key):
             flags[key] = key_values(getattr(ns, key), key.split("_")[0])
-    return build_train_config(ns.config, flags=flags)
+    return build_train_config(
+        resumed_config(ns.config, ns.resume, flags.get("out_dir")), flags=flags
+    )
 
 
 def unknown_option_error(arg: str, method: str) -> UserError:
