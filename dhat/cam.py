@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError, clip, excerpt
-from .models.registry import cam_layer, unwrap
+from .models.base import called_from_outside, check_pixels
+from .models.registry import OutsideModel, cam_layer, unwrap
 from .modes import BNMode, frozen_params, model_mode
 
 
@@ -24,11 +25,18 @@ def check_cam_layer(
     try:
         return cam_layer(model, layer)
     except (AttributeError, ValueError) as e:
-        names = [n for n, _ in unwrap(model).named_modules() if n and n.count(".") < 1]
+        base = unwrap(model)
+        inner = base.net if isinstance(base, OutsideModel) else base  # paths without `net.`
+        names = [n for n, _ in inner.named_modules() if n and n.count(".") < 1]
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        if not layer and not getattr(base, "cam_layer", ""):
+            raise UserError(
+                f"{type(inner).__name__} names no Grad-CAM layer: give one with "
+                f"--cam-layer (dhat train), or layer= in Python: a dotted path such as {shown}"
+            ) from None
         what = f"{where} {excerpt(layer)}" if layer else where
         raise UserError(
-            f"{what}: not a module of {type(unwrap(model)).__name__} "
+            f"{what}: not a module of {type(inner).__name__} "
             f"({clip(str(e), 100)}); "
             f"give a dotted path such as {shown}"
         ) from None
@@ -54,8 +62,10 @@ def grad_cam(
     """Grad-CAM maps of `target` classes: x (B, 3, H, W), target (B,) -> (B, 1, H, W) in [0, 1].
 
     The map is a constant (detached). The model's mode, parameter gradients and hooks are
-    left exactly as they were; `layer` defaults to the model's `cam_layer`.
+    left exactly as they were; `layer` defaults to the model's `cam_layer`. x is checked as
+    in `dhat.pgd` (its range once for a call from outside dhat).
     """
+    check_pixels(x, "grad_cam", values=called_from_outside())
     model = unwrap(model)  # eager: a hooked activation inside a compiled graph has no grad path
     module = check_cam_layer(model, layer)
     store: dict[str, torch.Tensor] = {}

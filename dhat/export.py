@@ -2,8 +2,9 @@
 
 `--out model.safetensors` (default): the safetensors file holds the model's `state_dict()`,
 normalisation buffers `mean`/`std` included (inputs stay [0, 1] pixels); a JSON sidecar of
-the same name (`model.json`) records the architecture, its arguments, the class count and
-mean/std, so any code that builds the same architecture loads it:
+the same name (`model.json`) records the architecture, its arguments, the class count,
+mean/std and the epoch (counted from 1, as in log.jsonl), so any code that builds the same
+architecture loads it:
 
     from safetensors.torch import load_file
     model = dhat.create_model(meta["architecture"], num_classes=meta["num_classes"],
@@ -117,7 +118,7 @@ def _meta(checkpoint: Path, state: dict[str, Any], model, weights: str) -> dict[
         "the model (buffers 'mean', 'std' of shape (1, 3, 1, 1))",
         "weights": weights,
         "source_checkpoint": str(checkpoint),
-        "epoch": state.get("epoch"),
+        "epoch": None if state.get("epoch") is None else state["epoch"] + 1,  # as log.jsonl
         "method": state.get("method"),
         "dataset": run_cfg.get("dataset"),
         "eps": run_cfg.get("eps"),

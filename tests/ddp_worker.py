@@ -6,7 +6,8 @@ JSON list JOBS, `{"out_dir": ..., "overrides": {...}, "params_dir": ... (optiona
 processes do not run conftest.py); overrides may hold `"resume": true`. Under
 `torchrun --nproc_per_node 2` every process runs them and the first trainer joins the group
 (the later ones use it). With params_dir, each rank saves its final parameters there as
-rank<R>.pt (to check that DDP kept them equal). Several jobs share one start of Python and
+rank<R>.pt (to check that DDP kept them equal). A job `{"cli": [ARGS]}` runs
+`dhat ARGS` (the command line) instead. Several jobs share one start of Python and
 torch per process (seconds each on a small CI box).
 """
 
@@ -63,6 +64,14 @@ def run(out_dir: str, overrides: dict, params_dir: str | None = None) -> Path:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for job in json.loads(sys.argv[1]):
+        if "cli" in job:  # a `dhat` command line, as `torchrun -m dhat.cli ...` runs it
+            from dhat.cli import main
+
+            register_blobs()
+            code = main(job["cli"])
+            if code:
+                sys.exit(code)
+            continue
         run(job["out_dir"], job.get("overrides", {}), job.get("params_dir"))
     import torch.distributed as dist
 

@@ -20,8 +20,11 @@ import pytest
 import torch
 
 from dhat.checkpoint import read_checkpoint
+from dhat.config import PRESETS, build_train_config
+from dhat.config.presets import PRESET_WITH_AUX
 from dhat.data import BatchLoader
-from dhat.train.distributed import Dist, reduce_sums, shard
+from dhat.errors import UserError
+from dhat.train.distributed import Dist, reduce_sums, shard, split_batch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 BN_FREE = {"model_args": {"width": 4, "norm": "none"}}
@@ -52,6 +55,7 @@ def torchrun(jobs, nproc=2):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 def log_lines(run_dir):
@@ -176,3 +180,78 @@ def test_helpers_are_identities_for_one_process():
     assert reduce_sums({"a": 1.5}, d, torch.device("cpu")) == {"a": 1.5}
     assert shard(5, d) == slice(0, 5, 1)
     assert list(range(10))[shard(10, Dist(rank=1, world_size=3))] == [1, 4, 7]
+
+
+# --- the global batch under 1, 2, 4 and 8 processes -----------------------------------------
+def preset_splits():
+    """(preset, batch_size, aux_fraction) of every preset, with --aux-data where it sets an
+    aux_fraction then (build_train_config is not used: the presets' datasets are not here)."""
+    out = []
+    for name, fields in PRESETS.items():
+        batch = fields.get("batch_size", 128)
+        out.append((name, batch, 0.0))
+        if name in PRESET_WITH_AUX:
+            out.append((f"{name}+aux", batch, PRESET_WITH_AUX[name]["aux_fraction"]))
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_every_preset_splits_for_1_2_4_8_processes(world):
+    cases = preset_splits()
+    assert ("cifar10-dhat-modern+aux", 512, 0.7) in cases  # the issue's case is among them
+    for name, batch, frac in cases:
+        s = split_batch(batch, frac, world)
+        assert s.batch % world == 0 and s.aux % world == 0, name
+        assert 0 < s.batch - s.aux and (s.aux > 0) == (frac > 0), name
+        assert abs(s.batch - batch) <= world / 2, name  # the nearest multiple
+        assert abs(s.aux - round(frac * s.batch)) <= world / 2, name
+        if world == 1:  # one process: exactly the recipe, nothing said
+            assert (s.batch, s.aux, s.note) == (batch, round(frac * batch), None), name
+
+
+def test_split_rounds_to_the_nearest_multiple_and_says_so():
+    s = split_batch(512, 0.7, 8)  # round(0.7 * 512) = 358 = 8 * 44.75 -> 8 * 45
+    assert (s.batch, s.aux) == (512, 360)
+    assert s.note == (
+        "8 processes: 360 generated images per batch (not 358, aux_fraction 0.703), "
+        "so that each divides by 8"
+    )
+    assert split_batch(512, 0.7, 4).aux == 360  # 358 = 4 * 89.5 -> 4 * 90 (halves up)
+    assert split_batch(512, 0.7, 2).aux == 358 and split_batch(512, 0.7, 2).note is None
+    s = split_batch(100, 0.0, 8)  # 100 = 8 * 12.5 -> 104
+    assert (s.batch, s.aux) == (104, 0) and s.note.startswith("8 processes: batch size 104")
+    assert split_batch(101, 0.0, 8).batch == 104 and split_batch(99, 0.0, 8).batch == 96
+    assert split_batch(3, 0.0, 8).batch == 8  # at least one image per process
+    assert split_batch(16, 0.95, 8).aux == 8  # 15 -> 16 leaves no real image: one per rank
+    with pytest.raises(UserError, match="at least 16"):
+        split_batch(8, 0.5, 8)
+
+
+def test_the_modern_preset_builds_with_generated_data(tmp_path):
+    """The preset's config is what split_batch receives (batch 512, aux_fraction 0.7)."""
+    import numpy as np
+
+    aux = tmp_path / "gen.npz"
+    np.savez(aux, image=np.zeros((4, 32, 32, 3), np.uint8), label=np.zeros(4, np.int64))
+    cfg = build_train_config(preset="cifar10-dhat-modern", aux_data=str(aux), device="cpu")
+    assert (cfg.batch_size, cfg.aux_fraction) == (512, 0.7)
+    assert split_batch(cfg.batch_size, cfg.aux_fraction, 8).aux == 360
+
+
+@pytest.mark.slow
+def test_torchrun_cli_rank0_alone_reports_and_evaluates(tmp_path):
+    """`dhat train` under 2-process torchrun with a batch of 31: rounded to 32 (said once),
+    one "run written to", one quick evaluation and one card (rank 0's)."""
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "blobs", "--model", "small_cnn", "--model-arg", "width=4"]
+    args += ["--method", "standard", "--epochs", "1", "--batch-size", "31", "--val-size", "40"]
+    args += ["--steps", "1", "--val-steps", "1", "--milestones", "--device", "cpu"]
+    args += ["--no-progress", "--out-dir", str(out)]
+    text = torchrun([{"cli": args}]).stdout
+    assert text.count("run written to") == 1, text
+    assert text.count("2 processes: batch size 32 (not 31)") == 1, text
+    assert text.count("quick evaluation") == 1 and text.count("result written to") == 1, text
+    cards = sorted(p.name for p in out.glob("eval_*.json"))
+    assert cards == ["eval_best_quick.json"], cards
+    (rec,) = log_lines(out)
+    assert rec["images"] == 200 - 40  # blobs: every training image once

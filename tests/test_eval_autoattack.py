@@ -129,3 +129,59 @@ def test_evaluate_model_runs_aa_and_sanity_flags_masked_pgd(model10, monkeypatch
     status = {c["check"]: c["status"] for c in out["sanity"]}
     assert status["aa_vs_pgd"] == "warn" and status["zero_gradients"] == "warn"
     assert status["aa_flags"] == "warn"  # AutoAttack's own zero-gradient check
+
+
+def test_a_progress_bar_per_attack(model10, capsys):
+    """A bar per sub-attack, counting the images it attacks (the cascade's survivors)."""
+    x, y = blobs10(6, 5)
+    kw = dict(eps=4 / 255, batch_size=4, n_iter=2, n_queries=5)
+    res = adapter.run_autoattack(model10, x, y, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert res["robust_accuracy"] > 0  # every attack had images to attack
+    seen = [round(6 * res["clean_accuracy"])]
+    seen += [round(6 * v) for v in list(res["robust_accuracy_after"].values())[:-1]]
+    for attack, k in zip(adapter.STANDARD_ATTACKS, seen):
+        assert f"autoattack {attack}:   0%|          | 0/{k} " in err
+    adapter.run_autoattack(model10, x, y, progress=False, **kw)
+    assert "autoattack" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_duration_estimate_is_near_the_evaluation_and_restores_the_mode(model10):
+    """The estimate (AutoAttack timed on one batch at a reduced budget, extrapolated) lies
+    within 3x of the measured evaluation: the aim is 2x, the margin is for CPU noise on a
+    shared machine. The model's train/eval mode is what it was before."""
+    import time
+
+    from dhat.config import EvalConfig
+    from dhat.data import DataBundle
+    from dhat.eval.evaluate import estimate_seconds, evaluate_model
+
+    x, y = blobs10(12, 4)
+    u8 = (x * 255).round().to(torch.uint8)
+    data = DataBundle("b10", u8, y, u8, y, 10, (0.5,) * 3, (0.25,) * 3)
+    eps = 4 / 255
+    cfg = EvalConfig(
+        attacks=["clean", "aa"], n_test=12, batch_size=12, gap_train_images=0, sanity=False
+    )
+    model10.train()
+    list(model10.children())[0].eval()  # a mixed mode, restored module by module
+    modes = [m.training for m in model10.modules()]
+    est = estimate_seconds(model10, data, cfg, "cpu", eps=eps)
+    assert [m.training for m in model10.modules()] == modes
+    model10.eval()
+    t = time.perf_counter()
+    res = evaluate_model(
+        model10,
+        data,
+        attacks=cfg.attacks,
+        eps=eps,
+        step_size=1 / 255,
+        n_test=12,
+        batch_size=12,
+        background=False,
+        progress=False,
+    )
+    real = time.perf_counter() - t
+    assert 0 < res["accuracy"]["aa"] < res["accuracy"]["clean"]  # every sub-attack ran
+    assert real / 3 <= est <= 3 * real, (est, real)

@@ -42,9 +42,26 @@ def make_folder(root, n_train=3, n_val=2, sizes=((40, 30), (36, 62), (64, 64))):
     return root
 
 
-def test_registered_names():
+def test_resolution_is_a_dataset_arg_and_old_names_are_hidden_aliases(tmp_path, capsys):
+    import re
+
+    from dhat.cli import main
+
     names = list_datasets()
-    assert "imagefolder" in names and "imagefolder64" in names and "imagefolder224" in names
+    assert "imagefolder" in names and not [n for n in names if re.fullmatch(r"imagefolder\d+", n)]
+    assert "imagefolder32" in list_datasets(hidden=True)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helptext = capsys.readouterr().out
+    assert "imagefolder" in helptext and not re.search(r"imagefolder\d", helptext)
+    root = make_folder(tmp_path / "data")
+    new = load_dataset("imagefolder", str(root), resolution=32, cache=False)
+    old = load_dataset("imagefolder32", str(root), cache=False)  # an old run's name still loads
+    assert new.test_x.shape[-2:] == (32, 32) and old.resolution == new.resolution == 32
+    assert torch.equal(old.test_x, new.test_x) and torch.equal(old.train_x, new.train_x)
+    with pytest.raises(UserError, match="Did you mean 'imagefolder'") as e:
+        load_dataset("imagefoldr", str(root))
+    assert "imagefolder64" not in str(e.value)  # the error lists only the visible names
 
 
 def test_bundle_shapes_labels_and_views(tmp_path):

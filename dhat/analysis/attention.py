@@ -77,12 +77,12 @@ def masks_from_boxes_file(path: str | Path, size) -> torch.Tensor:
         raise UserError(f"--boxes: {p} is not an (N, 4) or (N, K, 4) box array ({why})") from None
 
 
-def analyse_checkpoint(cfg: AttentionConfig) -> dict:
+def analyse_checkpoint(cfg: AttentionConfig, progress: bool = True) -> dict:
     """Grad-CAM IoU of a checkpoint on its dataset's (or `cfg.dataset`'s) test masks, and on
     every extra split with masks (e.g. fashion_scenes' mixed_same, mixed_rand, only_fg,
     only_bg): {"checkpoint", "dataset", "dataset_source", "splits": {name: attention_iou(...)}}
     plus the "test" split's numbers at the top level. Writes the JSON (and overlays) and
-    returns it."""
+    returns it. `progress`: a tqdm bar per split."""
     from ..checkpoint import load_model, read_checkpoint
     from ..config import resolve_device
     from ..data.datasets import load_dataset
@@ -142,6 +142,7 @@ def analyse_checkpoint(cfg: AttentionConfig) -> dict:
             inverse_eps=inverse or None,
             null_seed=cfg.seed,
             scene_y=scene_y[:n] if scene_y is not None and name == "mixed_rand" else None,
+            desc=f"attention {name}" if progress else None,
         )
         if bundle.class_names:
             for row in results[name]["per_class"]:

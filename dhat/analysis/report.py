@@ -12,6 +12,12 @@ mask null and share − null), scene_map (background share of the scene class's 
 null), fg_iou / bg_iou (natural images, mixed_rand) and fg_iou_inv / bg_iou_inv (inverse
 images), each optionally :SPLIT.
 
+`interval` gives each number's 95 % interval in the table's units: the bootstrap interval the
+card stores (background measures, attention, robust gap), a Wilson score interval for an
+accuracy under attack (the card holds its image count n and the fraction k/n), and a
+bootstrap over the per-image records for `scene_map`. `markdown_table(intervals=True)`,
+`csv_table` and `latex_table` show them.
+
 `paired_table` compares every row with a reference row on the same images: the paired
 difference of each column, from the cards' per-image records, with a 95 % interval; rows
 sharing a label are the seeds of one method, and their interval includes seed variation
@@ -114,25 +120,24 @@ def _run_name(f: Path, card: dict[str, Any]) -> str:
     return src.parent.name or f.parent.name or "."
 
 
-def value(card: dict[str, Any], key: str) -> float | None:
-    """A column's value (accuracies and gaps in %, IoU as a fraction; None when absent)."""
+def _entry(card: dict[str, Any], key: str) -> tuple[Any, float] | None:
+    """The card's stored entry behind a column and its factor to the table's units: a
+    {"value", "ci"} dict, or a plain fraction (an accuracy under attack); None when absent.
+    (`scene_map`, a difference of two entries, has none.)"""
     base, _, split = key.partition(":")
     if base == "gap":
         g = card.get("robust_gap")
-        return None if g is None else 100 * g["gap"]
+        return None if g is None else ({"value": g["gap"], "ci": g.get("ci")}, 100)
     b = card.get("background")
     if base in ("bg_gap", "bg_gap_pgd10"):
         v = (b or {}).get("bg_gap", {}).get("clean" if base == "bg_gap" else "pgd10")
-        return None if v is None else 100 * v["value"]
+        return None if v is None else (v, 100)
     if base == "scene_map":
-        att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {}).get("natural", {})
-        if "scene_bg_share" not in att:
-            return None
-        return att["scene_bg_share"]["value"] - att["scene_bg_share_null"]["value"]
+        return None
     if base in ATTENTION_COLUMNS and base not in ("fg_iou", "bg_iou"):
         att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {}).get("natural", {})
         m = att.get(ATTENTION_COLUMNS[base])
-        return None if m is None else m["value"]
+        return None if m is None else (m, 1)
     if base in ("fg_iou", "bg_iou", "fg_iou_inv", "bg_iou_inv"):
         att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {})
         kind = (
@@ -141,12 +146,90 @@ def value(card: dict[str, Any], key: str) -> float | None:
             else "natural"
         )
         m = att.get(kind or "", {}).get(base.removesuffix("_inv"))
-        return None if m is None else m["value"]
+        return None if m is None else (m, 1)
     if split:
         v = (b or {}).get("accuracy", {}).get(split, {}).get("clean" if base == "acc" else base)
-        return None if v is None else 100 * v["value"]
+        return None if v is None else (v, 100)
     v = card["accuracy"].get(key)
-    return None if v is None else 100 * v
+    return None if v is None else (v, 100)
+
+
+def value(card: dict[str, Any], key: str) -> float | None:
+    """A column's value (accuracies and gaps in %, IoU as a fraction; None when absent)."""
+    base, _, split = key.partition(":")
+    if base == "scene_map":
+        b = card.get("background")
+        att = (b or {}).get("attention", {}).get(split or IOU_DEFAULT_SPLIT, {}).get("natural", {})
+        if "scene_bg_share" not in att:
+            return None
+        return att["scene_bg_share"]["value"] - att["scene_bg_share_null"]["value"]
+    e = _entry(card, key)
+    if e is None:
+        return None
+    entry, factor = e
+    return factor * (entry["value"] if isinstance(entry, dict) else entry)
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (95 % with the default z)."""
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def interval(card: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """A column's 95 % interval in the table's units: the card's stored bootstrap interval,
+    a Wilson interval for an accuracy under attack (its image count n and fraction k/n), else
+    a bootstrap over the card's per-image records (`scene_map`); None where there is none."""
+    e = _entry(card, key)
+    if e is not None:
+        entry, factor = e
+        if not isinstance(entry, dict):
+            n = count(card, key)
+            if not n:
+                return None
+            lo, hi = wilson(round(entry * n), n)
+            return factor * lo, factor * hi
+        if entry.get("ci") is not None:
+            lo, hi = entry["ci"]
+            return factor * lo, factor * hi
+    if value(card, key) is None:
+        return None
+    ci = _records_interval(card, key)
+    factor = 1 if _is_fraction(key) else 100
+    return None if ci is None else (factor * ci[0], factor * ci[1])
+
+
+def _records_interval(card: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The bootstrap interval (the card's n_boot and seed) of the per-image values behind a
+    column, from its records, as fractions; None without readable records or with unpaired
+    terms."""
+    from ..eval.background import bootstrap_indices, mean_ci
+    from ..eval.records import card_records
+
+    try:
+        records = card_records(card)
+        terms = record_terms(key)
+    except UserError:
+        return None
+    if any(name not in records for _, name in terms):
+        return None
+    arrays = [records[name] for _, name in terms]
+    if len({len(a) for a in arrays}) != 1:
+        return None
+    import torch
+
+    per = torch.zeros(len(arrays[0]), dtype=torch.float64)
+    for (sign, _), a in zip(terms, arrays):
+        per += sign * torch.as_tensor(a, dtype=torch.float64)
+    b = card.get("background") or {}
+    idx = bootstrap_indices(len(per), int(b.get("n_boot", 1000)), int(card.get("seed", 0)))
+    lo, hi = mean_ci(per, idx)["ci"]
+    return lo, hi
 
 
 def count(card: dict[str, Any], key: str) -> int | None:
@@ -170,17 +253,13 @@ def _lower_is_better(key: str) -> bool:
     return key.partition(":")[0] in ("gap", "bg_gap", "bg_gap_pgd10", "bg_iou", "bg_iou_inv")
 
 
-def markdown_table(
-    rows: Sequence[tuple[str, dict[str, Any]]],
-    columns: Sequence[str] = DEFAULT_COLUMNS,
-    *,
-    bold_best: bool = False,
-    notes: bool = True,
-) -> str:
-    """The comparison table: one row per card, accuracies and gaps in % (2 decimals), IoU as
-    fractions (3 decimals), '–' where a card lacks the column. Each column's image count is in
-    its header (or in each cell where the cards differ). `bold_best` bolds the best value per
-    column. Notes under the table say what was measured."""
+FORMATS = ("md", "csv", "latex")
+
+
+def _grid(rows, columns, bold_best: bool):
+    """What every table format shows: the column heads (with n where all rows share it),
+    and per row and column (value text, its image count where rows differ, the value, its
+    interval, bold) or None where the card lacks the column."""
     vals = [[value(card, c) for c in columns] for _, card in rows]
     counts = [[count(card, c) for c in columns] for _, card in rows]
     heads, per_cell = [], []
@@ -188,33 +267,199 @@ def markdown_table(
         ns = {counts[i][j] for i in range(len(rows)) if vals[i][j] is not None}
         per_cell.append(len(ns) > 1)
         n = next(iter(ns)) if len(ns) == 1 else None
-        heads.append(column_title(c) + (f" (n={n})" if n else ""))
+        heads.append((column_title(c), n))
     best = []
     for j, c in enumerate(columns):
         col = [x for x in (v[j] for v in vals) if x is not None]
         best.append(None if len(col) < 2 else (min(col) if _lower_is_better(c) else max(col)))
-    lines = ["| Method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]
-    for i, ((label, card), v) in enumerate(zip(rows, vals)):
-        cells = []
-        for j, x in enumerate(v):
+    cells: list[list[dict[str, Any] | None]] = []
+    for i, (_, card) in enumerate(rows):
+        row: list[dict[str, Any] | None] = []
+        for j, (c, x) in enumerate(zip(columns, vals[i])):
             if x is None:
-                cells.append("–")
+                row.append(None)
                 continue
-            s = f"{x:.3f}" if _is_fraction(columns[j]) else f"{x:.2f}"
-            if per_cell[j]:
-                s += f" ({counts[i][j]})"
             b = best[j]
-            bold = bold_best and b is not None and math.isclose(x, b)
-            cells.append(f"**{s}**" if bold else s)
+            row.append(
+                {
+                    "text": f"{x:.3f}" if _is_fraction(c) else f"{x:.2f}",
+                    "n": counts[i][j] if per_cell[j] else None,
+                    "value": x,
+                    "ci": interval(card, c),
+                    "bold": bold_best and b is not None and math.isclose(x, b),
+                }
+            )
+        cells.append(row)
+    return heads, cells
+
+
+def _ci_text(cell: dict[str, Any], column: str) -> str:
+    if cell["ci"] is None:
+        return ""
+    d = 3 if _is_fraction(column) else 2
+    lo, hi = cell["ci"]
+    return f"[{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def markdown_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    *,
+    bold_best: bool = False,
+    notes: bool = True,
+    intervals: bool = False,
+) -> str:
+    """The comparison table: one row per card, accuracies and gaps in % (2 decimals), IoU as
+    fractions (3 decimals), '–' where a card lacks the column. Each column's image count is in
+    its header (or in each cell where the cards differ). `bold_best` bolds the best value per
+    column; `intervals` adds each value's 95 % interval ('[lo, hi]', see `interval`). Notes
+    under the table say what was measured."""
+    heads, cells = _grid(rows, columns, bold_best)
+    head = [t + (f" (n={n})" if n else "") for t, n in heads]
+    lines = ["| Method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(columns)]
+    for (label, card), row in zip(rows, cells):
+        out = []
+        for c, cell in zip(columns, row):
+            if cell is None:
+                out.append("–")
+                continue
+            s = cell["text"] + (f" ({cell['n']})" if cell["n"] is not None else "")
+            s = f"**{s}**" if cell["bold"] else s
+            ci = _ci_text(cell, c) if intervals else ""
+            out.append(f"{s} {ci}" if ci else s)
         mark = " †" if card.get("sanity_failed") else ""
-        lines.append(f"| {label}{mark} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label}{mark} | " + " | ".join(out) + " |")
     if notes:
         lines.append("")
-        lines += _notes(rows, columns)
+        lines += _notes(rows, columns, intervals)
     return "\n".join(lines) + "\n"
 
 
-def _notes(rows, columns) -> list[str]:
+def csv_table(
+    rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str] = DEFAULT_COLUMNS
+) -> str:
+    """The table as CSV for a spreadsheet or a plotting script: a row per card; per column
+    its value in the table's units (unrounded), its 95 % interval (`KEY_lo`, `KEY_hi`) and
+    its image count (`KEY_n`); empty where absent; then the failed sanity checks."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        ["method", *(f"{c}{s}" for c in columns for s in ("", "_lo", "_hi", "_n")), "sanity_failed"]
+    )
+    _, cells = _grid(rows, columns, False)
+    for (label, card), row in zip(rows, cells):
+        out: list[Any] = [label]
+        for c, cell in zip(columns, row):
+            if cell is None:
+                out += ["", "", "", ""]
+                continue
+            lo, hi = cell["ci"] if cell["ci"] is not None else ("", "")
+            out += [_num(cell["value"]), _num(lo), _num(hi), count(card, c) or ""]
+        out.append(";".join(card.get("sanity_failed", [])))
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def _num(x: float | str) -> str:
+    return x if isinstance(x, str) else f"{x:.10g}"
+
+
+LATEX_TEXT = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "−": "$-$",
+    "–": "--",
+    "ε": r"$\varepsilon$",
+    "∞": r"$\infty$",
+    "†": r"$^\dagger$",
+    "x̌": r"$\check{x}$",
+    "·": r"$\cdot$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text for a LaTeX document: its special characters escaped, the symbols dhat writes
+    (−, –, ε, ∞, †, x̌, ·) as LaTeX."""
+    out, i = [], 0
+    while i < len(text):
+        two = text[i : i + 2]
+        if two in LATEX_TEXT:
+            out.append(LATEX_TEXT[two])
+            i += 2
+            continue
+        out.append(LATEX_TEXT.get(text[i], text[i]))
+        i += 1
+    return "".join(out)
+
+
+def latex_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    *,
+    bold_best: bool = False,
+    notes: bool = True,
+    intervals: bool = False,
+) -> str:
+    """The Markdown table's content as a booktabs `tabular` (\\usepackage{booktabs}): the
+    same values, counts and marks; intervals in a smaller size; '--' where absent; the notes
+    as LaTeX comments under it."""
+    heads, cells = _grid(rows, columns, bold_best)
+    head = [latex_escape(t) + (f" ($n$={n})" if n else "") for t, n in heads]
+    lines = [
+        "\\begin{tabular}{l" + "r" * len(columns) + "}",
+        "\\toprule",
+        "Method & " + " & ".join(head) + " \\\\",
+        "\\midrule",
+    ]
+    for (label, card), row in zip(rows, cells):
+        out = []
+        for c, cell in zip(columns, row):
+            if cell is None:
+                out.append("--")
+                continue
+            s = cell["text"] + (f" ({cell['n']})" if cell["n"] is not None else "")
+            s = f"\\textbf{{{s}}}" if cell["bold"] else s
+            ci = _ci_text(cell, c) if intervals else ""
+            out.append(f"{s} {{\\scriptsize {ci}}}" if ci else s)
+        mark = " $^\\dagger$" if card.get("sanity_failed") else ""
+        lines.append(f"{latex_escape(label)}{mark} & " + " & ".join(out) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if notes:
+        lines += ["% " + line for line in _notes(rows, columns, intervals)]
+    return "\n".join(lines) + "\n"
+
+
+def format_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    fmt: str = "md",
+    *,
+    bold_best: bool = False,
+    notes: bool = True,
+    intervals: bool = False,
+) -> str:
+    """The table in `fmt` ('md', 'csv' (always with intervals and counts) or 'latex')."""
+    if fmt == "md":
+        return markdown_table(rows, columns, bold_best=bold_best, notes=notes, intervals=intervals)
+    if fmt == "latex":
+        return latex_table(rows, columns, bold_best=bold_best, notes=notes, intervals=intervals)
+    if fmt == "csv":
+        return csv_table(rows, columns)
+    raise UserError(f"unknown table format {fmt!r}; pick one of {', '.join(FORMATS)}")
+
+
+def _notes(rows, columns, intervals: bool = False) -> list[str]:
     def describe(card):
         s = f"{card.get('dataset', '?')}, L∞ ε = {card.get('eps_255', 0):g}/255"
         if "aa" in columns and card.get("n_aa"):
@@ -229,10 +474,22 @@ def _notes(rows, columns) -> list[str]:
         "Accuracy in %; (n=…) is the number of images each column was measured on "
         "(the first n of the split)."
     ]
+    if intervals:
+        out.append(
+            "[lo, hi]: 95 % interval (Wilson for an accuracy under attack; bootstrap over "
+            "images for the robust gap and the background measures)."
+        )
     if len(set(descr)) == 1:
         out.append(f"{descr[0]}.")
     else:
         out += [f"- {label}: {d}." for (label, _), d in zip(rows, descr)]
+    curves = [(label, card["curves"].get("n")) for label, card in rows if card.get("curves")]
+    if curves:
+        out.append(
+            "Robustness curves (--plot): "
+            + "; ".join(f"{label} on n={n} images" for label, n in curves)
+            + "."
+        )
     for label, card in rows:
         if card.get("sanity_failed"):
             out.append(

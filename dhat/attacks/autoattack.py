@@ -12,7 +12,11 @@ standard order, on the images still robust (the package's own way to run a subse
 attacks: `attacks_to_run`). Every attack re-seeds itself per batch and the batches are the
 same images in the same order, so the cascade is the one a single call runs: the final robust
 accuracy equals `AutoAttack(...).run_standard_evaluation(x, y)` with the same seed and batch
-size (tests/test_eval_autoattack.py checks this).
+size (tests/test_eval_autoattack.py checks this). The adapter hands the package one batch at
+a time (the batches the package would form itself), which gives a progress bar per attack.
+
+`estimate_autoattack_seconds` times the same cascade on one batch with a reduced budget and
+extrapolates each attack to its full budget and to the images it will see.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..modes import frozen_params, model_mode
@@ -120,6 +125,7 @@ def run_autoattack(
     n_queries: int | None = None,
     return_flags: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ):
     """Standard AutoAttack (L-inf) on the first `n` images of `x` (uint8 (N,3,H,W) or float in
     [0, 1]) -> a JSON-ready dict:
@@ -132,7 +138,8 @@ def run_autoattack(
 
     `n_iter` / `n_queries` shrink APGD/FAB iterations and Square queries for tests; the result
     is then marked version 'standard (reduced budget)'. With `return_flags`, also returns the
-    (n,) bool tensor of images robust to every attack. `log` receives a line per attack.
+    (n,) bool tensor of images robust to every attack. `log` receives a line per attack;
+    `progress`: a tqdm bar per attack (None: only on a terminal).
     """
     module, name, version = import_autoattack()
     if not 0 < eps <= 1:
@@ -169,6 +176,7 @@ def run_autoattack(
                 n_queries=n_queries,
                 flagged=flagged,
                 log=log,
+                progress=progress,
             )
     finally:
         aa_logger.removeHandler(handler)
@@ -211,9 +219,27 @@ def run_autoattack(
 
 
 def _cascade(
-    module, name, model, x, y, *, eps, seed, device, batch_size, n_iter, n_queries, flagged, log
+    module,
+    name,
+    model,
+    x,
+    y,
+    *,
+    eps,
+    seed,
+    device,
+    batch_size,
+    n_iter,
+    n_queries,
+    flagged,
+    log,
+    progress=None,
+    timing=None,
 ):
-    """Run the standard attacks one after another on the images still robust."""
+    """Run the standard attacks one after another on the images still robust, a batch per
+    package call: the first attack's batches are the correctly classified images in order,
+    as the package forms them. With `timing` (a dict), record per attack the seconds, the
+    images attacked and the robust accuracy after it, and the package's full budget."""
     with torch.no_grad():
         num_classes = model(x[:1].to(device)).shape[-1]
     aa = _build(module, name, model, eps=eps, seed=seed, device=device)
@@ -224,6 +250,13 @@ def _cascade(
     if n_targets < aa.apgd_targeted.n_target_classes:  # fewer than 10 classes
         aa.apgd_targeted.n_target_classes = n_targets
         aa.fab.n_target_classes = n_targets
+    if timing is not None:
+        timing["full_budget"] = {
+            "apgd-ce": aa.apgd.n_iter,
+            "apgd-t": aa.apgd_targeted.n_iter,
+            "fab-t": aa.fab.n_iter,
+            "square": aa.square.n_queries,
+        }
     reduce_budget(aa, n_iter=n_iter, n_queries=n_queries)
     if name == "pyautoattack":
         aa.verbose = False
@@ -234,29 +267,123 @@ def _cascade(
             model(x[i : i + batch_size].to(device)).argmax(1).cpu()
             for i in range(0, len(y), batch_size)
         ]
-    clean = (torch.cat(pred) == y).float().mean().item() if len(y) else 0.0
-    for k, attack in enumerate(standard):
-        # The cascade: all images for the first attack (the package drops the misclassified
-        # ones itself), then only those that survived every earlier attack.
-        idx = torch.arange(len(y)) if k == 0 else robust.nonzero().flatten()
-        if len(idx) == 0:
-            after[attack] = 0.0
-            continue
-        aa.attacks_to_run = [attack]
-        quiet = (
+    correct = torch.cat(pred) == y if len(y) else torch.zeros(0, dtype=torch.bool)
+    clean = correct.float().mean().item() if len(y) else 0.0
+
+    def quiet():  # the official package prints its progress
+        return (
             contextlib.redirect_stdout(None) if name != "pyautoattack" else contextlib.nullcontext()
         )
-        with quiet:
-            _, y_adv = _evaluate(aa, name, x[idx], y[idx], batch_size)
-        survived = y_adv.cpu() == y[idx]
-        robust[:] = False
-        robust[idx[survived]] = True
-        after[attack] = robust.float().mean().item()
-        if log is not None:
-            log(f"  autoattack: robust accuracy after {attack}: {100 * after[attack]:.2f}%")
+
+    for k, attack in enumerate(standard):
+        # The cascade: the correctly classified images for the first attack, then only those
+        # that survived every earlier attack; in the package's batches, in order.
+        idx = (correct if k == 0 else robust).nonzero().flatten()
+        t0 = time.perf_counter()
+        if len(idx) == 0:
+            after[attack] = 0.0
+        else:
+            aa.attacks_to_run = [attack]
+            survived = torch.zeros(len(idx), dtype=torch.bool)
+            bar = tqdm(
+                total=len(idx),
+                desc=f"autoattack {attack}",
+                unit="img",
+                leave=False,
+                disable=None if progress is None else not progress,
+            )
+            with bar:
+                for lo in range(0, len(idx), batch_size):
+                    part = idx[lo : lo + batch_size]
+                    with quiet():
+                        _, y_adv = _evaluate(aa, name, x[part], y[part], batch_size)
+                    survived[lo : lo + len(part)] = y_adv.cpu() == y[part]
+                    bar.update(len(part))
+            robust[:] = False
+            robust[idx[survived]] = True
+            after[attack] = robust.float().mean().item()
+            if log is not None:
+                log(f"  autoattack: robust accuracy after {attack}: {100 * after[attack]:.2f}%")
+        if timing is not None:
+            timing[attack] = {
+                "seconds": time.perf_counter() - t0,
+                "images": len(idx),
+                "robust_after": after[attack],
+            }
+    if timing is not None:
+        timing["clean"] = clean
     try:  # AutoAttack's own check that Square did not beat the gradient attacks
         checks = importlib.import_module(f"{name}.checks")
         checks.check_square_sr({"clean": clean, **after}, logger=None)
     except (ImportError, AttributeError, TypeError):
         pass
     return robust, after, clean, standard, n_targets
+
+
+CALIBRATION = {"n_iter": 10, "n_queries": 100}  # the reduced budget of the timed batch
+
+
+def estimate_autoattack_seconds(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    batch_size: int = 250,
+    device="cpu",
+    seed: int = 0,
+    calibration_n: int | None = None,
+) -> float:
+    """Seconds standard AutoAttack will take on `x`, `y`, from the cascade run on one batch
+    with a reduced budget (`CALIBRATION`): each attack's seconds per image, scaled to its full
+    budget (iterations, queries), times the images it will see (the clean and surviving
+    fractions of the timed batch; a reduced budget leaves more images robust, so this errs
+    long). The timed batch holds `calibration_n` images (default: a full batch on a GPU,
+    where time depends on the batch more than on its images, 16 on a CPU). The model's
+    train/eval mode and `requires_grad` flags are restored."""
+    module, name, _ = import_autoattack()
+    n = len(y)
+    if n == 0:
+        return 0.0
+    gpu = torch.device(device).type != "cpu"
+    b = min(n, batch_size, calibration_n or (batch_size if gpu else 16))
+    xb = x[:b].float().div(255) if x.dtype == torch.uint8 else x[:b].float()
+    timing: dict[str, Any] = {}
+    with (
+        model_mode(model, "eval"),
+        frozen_params(model),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(None),
+    ):
+        warnings.simplefilter("ignore")
+        aa_logger = logging.getLogger("auto-attack")
+        level, aa_logger.level = aa_logger.level, logging.CRITICAL + 1
+        try:
+            _cascade(
+                module,
+                name,
+                model,
+                xb.cpu().contiguous(),
+                y[:b].cpu().long(),
+                eps=eps,
+                seed=seed,
+                device=str(device),
+                batch_size=batch_size,
+                flagged=[],
+                log=None,
+                progress=False,
+                timing=timing,
+                **CALIBRATION,
+            )
+        finally:
+            aa_logger.level = level
+    full, reduced = timing["full_budget"], CALIBRATION
+    seconds, share = 0.0, timing["clean"]  # the fraction of images the next attack sees
+    for attack in STANDARD_ATTACKS:
+        t = timing.get(attack)
+        if t is None or not t["images"]:
+            break
+        scale = full[attack] / (reduced["n_queries"] if attack == "square" else reduced["n_iter"])
+        seconds += t["seconds"] / t["images"] * scale * share * n
+        share = t["robust_after"]
+    return seconds

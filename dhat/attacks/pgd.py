@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from ..models.base import called_from_outside, check_pixels
 from ..models.registry import unwrap_parallel
 from ..modes import BNMode, frozen_params, model_mode
 from .losses import ce_loss, cw_margin_loss, dhat_inverse_loss, kl_to
@@ -105,7 +106,10 @@ def pgd(
     """PGD ascent on CE, the CW margin, or KL(p_ref || p(x')) (TRADES; p_ref (B, C) fixed).
 
     x: (B, C, H, W) in [0, 1], y: (B,). Returns x_adv with ||x_adv - x||_inf <= eps, in [0, 1].
+    A call from outside dhat checks x's range once (one read); dhat's own calls (per training
+    step, per evaluation batch) check its dtype only.
     """
+    check_pixels(x, "pgd", values=called_from_outside())
     if loss == "ce":
         objective: Callable[[torch.Tensor], torch.Tensor] = partial(ce_loss, y=y)
     elif loss == "cw":
@@ -160,7 +164,9 @@ def inverse_pgd(
     `recompute_adv`: recompute p_adv after f(x̌_t) in every step instead (the DHAT authors'
     UIAT loop); the values are the same in eval mode and in train mode (batch statistics of
     the same x_adv), only BatchNorm's running statistics see the extra forwards.
+    x is checked as in `pgd`.
     """
+    check_pixels(x, "inverse_pgd", values=called_from_outside())
     objective: Callable[[torch.Tensor], torch.Tensor]
     if loss == "ce":
         objective = partial(ce_loss, y=y)

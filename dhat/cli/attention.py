@@ -24,6 +24,7 @@ def add_parser(sub, argv: list[str]) -> Parser:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a last.pt / best.pt of `dhat train`")
     add_config_options(p.add_argument_group("analysis settings (AttentionConfig)"), AttentionConfig)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(run=run)
     return p
 
@@ -78,7 +79,7 @@ def run(ns: argparse.Namespace) -> None:
 
     cfg = from_flags(AttentionConfig, given(ns, FIELDS), checkpoint=ns.checkpoint)
     check_outputs(cfg)
-    res = analyse_checkpoint(cfg)
+    res = analyse_checkpoint(cfg, progress=ns.progress)
     print(
         f"attention IoU: {res['dataset']} ({res['dataset_source']}), {res['n']} test images, "
         f"Grad-CAM >= {res['threshold']:g}" + (f", layer {cfg.layer}" if cfg.layer else "")

@@ -56,7 +56,7 @@ def registry_names() -> dict[str, list[str]]:
 
     return {
         "dataset": list_datasets(),
-        "model": list_models(),
+        "model": list_models(),  # or package.module:factory (dhat.models.registry.is_model)
         "method": [m for m in list_methods() if not m.startswith("_")],
     }
 

@@ -1,4 +1,5 @@
-"""`dhat report RUN_DIR_OR_JSON ...`: result cards side by side (Markdown) and a figure."""
+"""`dhat report RUN_DIR_OR_JSON ...`: result cards side by side (Markdown, CSV or LaTeX) and a
+figure."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import argparse
 from ..errors import UserError
 from .common import Parser
 
+SUFFIXES = {"md": [".md", ".markdown", ".txt"], "csv": [".csv", ".txt"], "latex": [".tex", ".txt"]}
+
 
 def add_parser(sub, argv: list[str]) -> Parser:
-    from ..analysis.report import DEFAULT_COLUMNS
+    from ..analysis.report import DEFAULT_COLUMNS, FORMATS
 
     p = sub.add_parser(
         "report",
-        help="compare result cards in a Markdown table (and a plot)",
-        description="Result cards side by side, as a Markdown table like the "
-        "paper's, with each column's image count.",
+        help="compare result cards in a table (Markdown, CSV or LaTeX) and a plot",
+        description="Result cards side by side, as a table like the paper's, with each "
+        "column's image count and, on request, 95 %% intervals.",
     )
     p.add_argument(
         "inputs",
@@ -23,7 +26,21 @@ def add_parser(sub, argv: list[str]) -> Parser:
         metavar="RUN_DIR_OR_JSON",
         help="run directories (their eval_*.json) or result JSON files",
     )
-    p.add_argument("--out", default=None, help="write the Markdown here (default: stdout)")
+    p.add_argument("--out", default=None, help="write the table here (default: stdout)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="md",
+        help="md: Markdown (default); csv: a row per card, each column with its interval "
+        "(KEY_lo, KEY_hi) and image count (KEY_n), always; latex: a booktabs tabular",
+    )
+    p.add_argument(
+        "--intervals",
+        action="store_true",
+        help="show each value's 95 %% interval in the md and latex tables: Wilson for an "
+        "accuracy under attack, the card's bootstrap interval for the robust gap and the "
+        "background measures (csv always has them)",
+    )
     p.add_argument("--plot", default=None, metavar="PATH", help="also write a PNG figure")
     p.add_argument(
         "--columns",
@@ -53,7 +70,7 @@ def add_parser(sub, argv: list[str]) -> Parser:
 
 
 def check_outputs(ns: argparse.Namespace) -> None:
-    """--out (Markdown) and --plot (PNG) are refused, before any card is read, if one would
+    """--out (the table) and --plot (PNG) are refused, before any card is read, if one would
     overwrite an input card (given, or an eval_*.json of a given run folder) or the other,
     has the wrong suffix, or lies where nothing can be written."""
     from pathlib import Path
@@ -64,7 +81,7 @@ def check_outputs(ns: argparse.Namespace) -> None:
     for p in map(Path, ns.inputs):
         inputs += sorted(p.glob("eval_*.json")) if p.is_dir() else [p]
     if ns.out:
-        check_output_path(ns.out, inputs, [".md", ".markdown", ".txt"], flag="--out")
+        check_output_path(ns.out, inputs, SUFFIXES[ns.format], flag="--out")
     if ns.plot:
         if ns.out and same_file(ns.plot, ns.out):
             raise UserError(f"--plot {ns.plot} is also --out; name another file")
@@ -75,12 +92,14 @@ def run(ns: argparse.Namespace) -> None:
     from ..analysis.report import (
         BACKGROUND_COLUMNS,
         DEFAULT_COLUMNS,
+        format_table,
         load_cards,
-        markdown_table,
         plot_report,
     )
     from ..io import write_text
 
+    if ns.reference and ns.format != "md":
+        raise UserError("--reference prints a Markdown table: drop --format or pass --format md")
     check_outputs(ns)
     rows = load_cards(ns.inputs)
     if ns.labels:
@@ -93,7 +112,9 @@ def run(ns: argparse.Namespace) -> None:
         columns = list(DEFAULT_COLUMNS)
         if any(card.get("background") for _, card in rows):
             columns += [c for c in BACKGROUND_COLUMNS if c != "bg_gap_pgd10"]
-    text = markdown_table(rows, columns, bold_best=ns.bold_best, notes=ns.notes)
+    text = format_table(
+        rows, columns, ns.format, bold_best=ns.bold_best, notes=ns.notes, intervals=ns.intervals
+    )
     if ns.reference:
         from ..analysis.report import paired_table
 

@@ -168,12 +168,15 @@ def unknown_option_error(arg: str, method: str) -> UserError:
 def run(ns: argparse.Namespace) -> None:
     from ..eval import evaluate_checkpoint, format_card
     from ..train import train
+    from ..train.distributed import is_main_process
 
     cfg = train_config_from_args(ns)
     allow = [a.strip() for a in (ns.allow_change or "").split(",") if a.strip()]
     if allow and not ns.resume:
         raise UserError("--allow-change goes with --resume")
     out = train(cfg, resume=ns.resume, overwrite=ns.overwrite, allow_change=allow)
+    if not is_main_process():  # under torchrun, rank 0 alone reports and evaluates
+        return
     print(f"run written to {out}")
     best = out / "best.pt"
     if ns.no_eval or not best.is_file():

@@ -60,7 +60,10 @@ class TrainConfig:
     val_size: int = option(1000, "training images held out for model selection", range=AT_LEAST_1)
     augment: bool = option(True, "random crop (pad 4) + horizontal flip")
     # model
-    model: str = option("preact_resnet18", "architecture (dhat.list_models())")
+    model: str = option(
+        "preact_resnet18",
+        "architecture (dhat.list_models()), or your own: package.module:factory",
+    )
     model_args: dict = option(
         default_factory=dict,
         flag=False,
@@ -140,8 +143,14 @@ class TrainConfig:
     progress: bool = option(True, "progress bars")
     log_every: int = option(
         20,
-        "steps between reads of the running metrics from the device (0 = once per epoch)",
+        "steps between reads of the running metrics from the device, and between the "
+        "per-step points sent to --loggers (0 = once per epoch)",
         range=NONNEG,
+    )
+    loggers: list[str] = option(
+        default_factory=lambda: ["jsonl"],
+        help="experiment trackers: jsonl (log.jsonl, always written), tensorboard, wandb, "
+        "mlflow (optional extras: pip install 'dhat[tensorboard]')",
     )
     threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=THREADS)
     preset: str | None = option(None, "the named preset this config started from")
@@ -200,19 +209,18 @@ def validate_train_config(
     from ..data.datasets import check_dataset_args, list_datasets
     from ..methods import list_methods
     from ..methods.registry import check_method_options
-    from ..models.registry import check_model_args, list_models
+    from ..models.registry import check_model_args, is_model, list_models
 
     sources = sources or {}
     for name, spec in specs(TrainConfig).items():
         w = sources.get(name, where)
         setattr(cfg, name, coerce(spec, getattr(cfg, name), w.key(name)))
-    for kind, value, known in (
-        ("dataset", cfg.dataset, list_datasets()),
-        ("model", cfg.model, list_models()),
-        ("method", cfg.method, list_methods()),
-    ):
-        if value not in known:
-            raise unknown_name(kind, value, known)
+    if cfg.dataset not in list_datasets(hidden=True):  # old aliases still load, unlisted
+        raise unknown_name("dataset", cfg.dataset, list_datasets())
+    if cfg.method not in list_methods():
+        raise unknown_name("method", cfg.method, list_methods())
+    if not is_model(cfg.model):  # a registered name, package.module:factory or an entry point
+        raise unknown_name("model", cfg.model, list_models())
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise unknown_name("preset", cfg.preset, PRESETS)
     run_wide = [k for k in ("eps", "step_size", "steps") if k in cfg.method_args]
@@ -260,6 +268,9 @@ def validate_train_config(
                 f"--aux-fraction {cfg.aux_fraction} leaves no real image in a batch "
                 f"of {cfg.batch_size}"
             )
+    from ..train.loggers import check_loggers
+
+    cfg.loggers = check_loggers(cfg.loggers, sources.get("loggers", where).key("loggers"))
     check_device(cfg.device)
     _check_frozen_model_paths(cfg)
 
@@ -285,11 +296,9 @@ def _check_model_builds(cfg: TrainConfig, where: Where) -> None:
             f"({type(e).__name__}: {clip(str(e), 160)})"
         ) from None
     layer = cfg.method_args.get("cam_layer")
-    if (
-        "cam_layer" in method_options(cfg.method)
-        and layer
-        and cfg.method_args.get("cam_model", "self") == "self"
-    ):
+    if "cam_layer" in method_options(cfg.method) and (
+        cfg.method_args.get("cam_model", "self") == "self"
+    ):  # the run's own model gives the Grad-CAM: its layer (named or default) must exist
         from ..cam import check_cam_layer
 
         check_cam_layer(model, layer, "--cam-layer")

@@ -79,16 +79,19 @@ class DatasetLoader(Protocol):
 
 
 _DATASETS: dict[str, DatasetLoader] = {}
+_HIDDEN: set[str] = set()  # loadable names that `list_datasets` (and --dataset's choices) omit
 
 
-def register_dataset(name: str, args_of: Callable | None = None):
+def register_dataset(name: str, args_of: Callable | None = None, *, hidden: bool = False):
     """Register a loader `fn(root=None, download=False, **args) -> DataBundle`. Its keyword
     arguments (or those of `args_of`, for a loader that forwards **kwargs) are the dataset's
-    `--dataset-arg`s."""
+    `--dataset-arg`s. A `hidden` name (an old alias) loads but is not listed."""
 
     def wrap(fn):
         _DATASETS[name] = fn
         fn.dataset_args_of = args_of or fn
+        if hidden:
+            _HIDDEN.add(name)
         return fn
 
     return wrap
@@ -97,7 +100,7 @@ def register_dataset(name: str, args_of: Callable | None = None):
 def dataset_arg_defaults(name: str) -> dict[str, Any]:
     """A dataset's `--dataset-arg` names with their defaults."""
     if name not in _DATASETS:
-        raise unknown_name("dataset", name, _DATASETS)
+        raise unknown_name("dataset", name, list_datasets())
     loader = _DATASETS[name]
     params = inspect.signature(getattr(loader, "dataset_args_of", loader)).parameters
     skip = ("root", "download", "name")
@@ -115,14 +118,15 @@ def check_dataset_args(
     return check_factory_args("dataset", name, dataset_arg_defaults(name), args, where)
 
 
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+def list_datasets(hidden: bool = False) -> list[str]:
+    """The registered dataset names (with `hidden`: old aliases too, which still load)."""
+    return sorted(n for n in _DATASETS if hidden or n not in _HIDDEN)
 
 
 def load_dataset(name: str, root: str | None = None, **kwargs) -> DataBundle:
     """Load a registered dataset. `root=None` searches the usual places (CIFAR)."""
     if name not in _DATASETS:
-        raise unknown_name("dataset", name, _DATASETS)
+        raise unknown_name("dataset", name, list_datasets())
     return _DATASETS[name](root=root, **kwargs)
 
 

@@ -43,7 +43,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 TEST_DIRS = ("val", "validation", "test")
 RESIZE_RATIO = 256 / 224  # the ImageNet convention: resize to 256, crop 224
-RESOLUTIONS = (32, 64, 96, 128, 160, 192, 224, 256, 299)  # registered as "imagefolder<r>"
+# old dataset names "imagefolder<r>": hidden aliases of `--dataset imagefolder --dataset-arg
+# resolution=<r>` (checkpoints and configs that name them still load; not listed)
+RESOLUTIONS = (32, 64, 96, 128, 160, 192, 224, 256, 299)
 
 
 # --- batched, tensor-side augmentation ----------------------------------------------------
@@ -349,7 +351,8 @@ def _check_sizes(name: str, **values: tuple[object, int, int]) -> None:
 def imagefolder(
     root: str | None = None, download: bool = False, resolution: int = 224, **kwargs
 ) -> DataBundle:
-    """ImageNet-style class folders at `resolution` (224 unless given); see load_imagefolder."""
+    """ImageNet-style class folders at `resolution` (224 unless given: `--dataset-arg
+    resolution=64`); see load_imagefolder."""
     if download:
         raise UserError(
             "the imagefolder dataset cannot be downloaded; point --data-root at "
@@ -359,7 +362,7 @@ def imagefolder(
 
 
 def _register_resolution(res: int) -> None:
-    @register_dataset(f"imagefolder{res}", args_of=load_imagefolder)
+    @register_dataset(f"imagefolder{res}", args_of=load_imagefolder, hidden=True)
     def _fixed(root: str | None = None, download: bool = False, **kwargs) -> DataBundle:
         kwargs.pop("resolution", None)
         return imagefolder(root, download, resolution=res, name=f"imagefolder{res}", **kwargs)

@@ -192,6 +192,7 @@ def attention_per_image(
     inverse_step_size: float = 2 / 255,
     null_perm: torch.Tensor | None = None,
     scene_y: torch.Tensor | None = None,
+    desc: str | None = None,
 ) -> dict[float | None, dict[str, torch.Tensor]]:
     """Per-image attention measures, {None (natural) or ε_inv: {name: (N,) float64}} on the
     CPU: "share" (object share of the true-class map), "fg"/"bg" (IoU of the map binarised at
@@ -199,7 +200,9 @@ def attention_per_image(
     and, against mask π(i) of `null_perm` (default: `derangement(N)`), their nulls
     "share_null", "fg_null", "bg_null". With `scene_y` (N,) (the scene's class, -1 for none):
     "scene_bg_share" = 1 − object share of the scene class's map and its "scene_bg_share_null"
-    (NaN where an image has no scene)."""
+    (NaN where an image has no scene). `desc`: a tqdm bar over the batches, so named."""
+    from tqdm.auto import tqdm
+
     from ..cam import grad_cam
     from ..models.registry import unwrap_parallel
     from ..modes import model_mode
@@ -226,7 +229,8 @@ def attention_per_image(
     acc: dict[float | None, dict[str, list[torch.Tensor]]] = {
         s: {k: [] for k in keys} for s in settings
     }
-    for lo in range(0, n, batch_size):
+    batches = range(0, n, batch_size)
+    for lo in tqdm(batches, desc=desc, leave=False, disable=desc is None):
         x0 = _as_float_images(x[lo : lo + batch_size]).to(dev)
         yb = y[lo : lo + batch_size].long().to(dev)
         mb = masks[lo : lo + batch_size]
@@ -278,6 +282,7 @@ def attention_iou(
     inverse_step_size: float = 2 / 255,
     null_seed: int = 0,
     scene_y: torch.Tensor | None = None,
+    desc: str | None = None,
 ) -> dict:
     """Object share, and foreground/background IoU of the binarised Grad-CAM (true class),
     with `masks`, each beside its shuffled-mask null (see the module docstring).
@@ -294,7 +299,7 @@ def attention_iou(
     fg_iou/bg_iou are means over images of per-image IoU; cam_area is the mean fraction of
     pixels attended; accuracy is clean (or inverse) top-1 on these images. `inverse_eps`:
     one budget or several ([0, 1] units, e.g. 4/255); the inverse images are made by
-    dhat.attacks.inverse_pgd (loss "ce", uniform start) in eval mode.
+    dhat.attacks.inverse_pgd (loss "ce", uniform start) in eval mode. `desc`: a progress bar.
     """
     if inverse_eps is None:
         eps_list: list[float] = []
@@ -315,6 +320,7 @@ def attention_iou(
         inverse_step_size=inverse_step_size,
         null_perm=derangement(len(y), null_seed),
         scene_y=scene_y,
+        desc=desc,
     )
     yc = y.long().cpu()
 

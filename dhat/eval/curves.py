@@ -51,7 +51,8 @@ def robustness_curves(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Accuracy (fractions) on images x (uint8 or float in [0, 1]) -> a JSON-ready dict:
-    {"n", "clean", "eps": {"eps_255", "pgd20", "cw", ...}, "steps": {"steps", "pgd", ...}}."""
+    {"n" (the image count every point is measured on), "clean", "eps": {"eps_255", "pgd20",
+    "cw", ...}, "steps": {"steps", "pgd", ...}}."""
     clean = _acc(model, x, y, None, batch_size, device, seed)
     pgd20, cw = [clean], [clean]
     for e in eps_255:
@@ -61,13 +62,16 @@ def robustness_curves(
             attack = AttackSpec(loss, 20, e_, e_ / 4)
             out.append(_acc(model, x, y, attack, batch_size, device, seed))
         if log is not None:
-            log(f"  curves: eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  CW {100 * cw[-1]:.2f}")
+            log(
+                f"  curves (n={len(y)}): eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  "
+                f"CW {100 * cw[-1]:.2f}"
+            )
     by_steps = []
     for k in steps:
         attack = AttackSpec("ce", k, eps, step_size)
         by_steps.append(_acc(model, x, y, attack, batch_size, device, seed))
         if log is not None:
-            log(f"  curves: PGD-{k}  {100 * by_steps[-1]:.2f}")
+            log(f"  curves (n={len(y)}): PGD-{k}  {100 * by_steps[-1]:.2f}")
     return {
         "n": len(y),
         "clean": clean,
@@ -138,12 +142,18 @@ def figure(ncols: int, width: float = 5.0):
 
 def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """One figure, two panels (accuracy vs ε: PGD-20 solid, CW dashed; accuracy vs PGD steps),
-    one colour per run. `runs` = [(label, curves dict)]. Writes a PNG and returns its path."""
+    one colour per run. `runs` = [(label, curves dict)]. The image count n is in the panel
+    titles when every run has the same, else in each run's legend label. Writes a PNG and
+    returns its path."""
     from ..io import atomic_write
 
     fig = figure(2)
     ax_e, ax_s = fig.subplots(1, 2)
+    ns = {c.get("n") for _, c in runs}
+    same_n = next(iter(ns)) if len(ns) == 1 else None
     for i, (label, c) in enumerate(runs):
+        if same_n is None:
+            label = f"{label}, n={c.get('n', '?')}"
         colour = f"C{i % 10}"
         ax_e.plot(
             c["eps"]["eps_255"],
@@ -171,11 +181,12 @@ def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
         )
     ax_e.set_xlabel("ε (/255)")
     ax_e.set_ylabel("accuracy (%)")
-    ax_e.set_title("accuracy under attack vs budget")
+    on = f" (n={same_n} images)" if same_n is not None else ""
+    ax_e.set_title(f"accuracy under attack vs budget{on}")
     ax_s.set_xscale("log")
     ax_s.set_xlabel("PGD steps")
     ax_s.set_ylabel("accuracy (%)")
-    ax_s.set_title("accuracy vs PGD steps")
+    ax_s.set_title(f"accuracy vs PGD steps{on}")
     for ax in (ax_e, ax_s):
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)

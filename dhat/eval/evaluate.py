@@ -134,6 +134,7 @@ def evaluate_model(
                 seed=seed,
                 return_flags=True,
                 log=log,
+                progress=progress,
             )
             acc["aa"] = out["autoattack"]["robust_accuracy"]
             out["n_aa"] = out["autoattack"]["n"]
@@ -233,7 +234,9 @@ def evaluate_model(
 
 
 def load_for_eval(cfg: EvalConfig, device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model to evaluate and what the card says about it (dhat checkpoint or plain weights)."""
+    """The model to evaluate and what the card says about it (dhat checkpoint or plain weights).
+    The card's "epoch" counts from 1, as log.jsonl does (a checkpoint stores it from 0, which
+    resume relies on); for plain weights it is the export sidecar's, also from 1."""
     if cfg.weights_file:
         from ..models.weights import load_weights_file
 
@@ -292,7 +295,7 @@ def load_for_eval(cfg: EvalConfig, device) -> tuple[torch.nn.Module, dict[str, A
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "weights": cfg.weights,
-        "epoch": state.get("epoch"),
+        "epoch": None if state.get("epoch") is None else state["epoch"] + 1,  # as log.jsonl
         "run_dir": str(Path(cfg.checkpoint).resolve().parent),
         "model": spec["name"],
         "model_kwargs": spec.get("kwargs", {}),
@@ -430,7 +433,7 @@ def run_evaluation(
     if log is not None:
         if not cfg.dataset:
             log(f"dataset: {dataset} (the checkpoint's)")
-        est = estimate_seconds(model, data, cfg, device)
+        est = estimate_seconds(model, data, cfg, device, eps)
         if est > 60:
             log(
                 f"estimated duration: about {est / 60:.0f} min on this machine "
@@ -584,28 +587,51 @@ def plot_card_curves(card: dict[str, Any], png: Path) -> None:
         warnings.warn(f"curves plot not written ({type(e).__name__}: {png})", stacklevel=2)
 
 
-def estimate_seconds(model, data: DataBundle, cfg: EvalConfig, device) -> float:
-    """A rough duration of `evaluate_checkpoint` from one timed forward-backward batch:
-    the number of forward-backward passes each attack needs times the measured rate
-    (AutoAttack counted as ~2,000 passes per image, its standard budget on robust images)."""
+def estimate_seconds(
+    model, data: DataBundle, cfg: EvalConfig, device, eps: float | None = None
+) -> float:
+    """A rough duration of `evaluate_checkpoint`: PGD-type work from one timed
+    forward-backward batch (the evaluation's batch size; at most 32 images on a CPU, where
+    time is linear in images) times the passes each part needs; AutoAttack from its own
+    cascade run on one batch with a reduced budget (`estimate_autoattack_seconds`), at `eps`
+    (default `cfg.eps`, else 8/255). The model's train/eval mode is restored."""
+    from ..modes import model_mode
+
     n = min(cfg.n_test or len(data.test_y), len(data.test_y))
-    b = min(32, n)
-    x = data.test_x[:b].to(device).float().div(255).requires_grad_(True)
-    model.eval()
-    torch.autograd.grad(model(x).sum(), x)  # warm-up
-    t = time.perf_counter()
-    torch.autograd.grad(model(x).sum(), x)
-    per_image = (time.perf_counter() - t) / b
+    gpu = torch.device(device).type != "cpu"
+    b = max(1, min(n, cfg.batch_size, cfg.batch_size if gpu else 32))
+    with model_mode(model, "eval"):
+        x = data.test_x[:b].to(device).float().div(255).requires_grad_(True)
+        torch.autograd.grad(model(x).sum(), x)  # warm-up
+        if gpu:
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        torch.autograd.grad(model(x).sum(), x)
+        if gpu:
+            torch.cuda.synchronize(device)
+        per_image = (time.perf_counter() - t) / b
     passes = 0.0
     for name in cfg.attacks:
-        spec = None if name == "aa" else make_attack(name, 8 / 255, 2 / 255)
-        if name == "aa":
-            passes += 2000 * min(cfg.aa_n or n, n)
-        else:
+        if name != "aa":
+            spec = make_attack(name, 8 / 255, 2 / 255)
             passes += n * (1 + (spec.steps if spec is not None else 0))
-    passes += 11 * cfg.gap_train_images * (1 if cfg.gap_train_images else 0)
+    passes += 11 * cfg.gap_train_images
     if cfg.curves:
         passes += (cfg.curves_n or n) * (14 * 21 + sum((1, 5, 10, 20, 50)))
     if cfg.background and data.splits:
         passes += len(data.splits) * (cfg.background_n or n) * 12 + 2 * (cfg.background_n or n) * 13
-    return passes * per_image
+    seconds = passes * per_image
+    if "aa" in cfg.attacks:
+        from ..attacks.autoattack import estimate_autoattack_seconds
+
+        m = min(cfg.aa_n or n, n)
+        seconds += estimate_autoattack_seconds(
+            model,
+            data.test_x[:m],
+            data.test_y[:m],
+            eps=eps if eps is not None else (cfg.eps or 8 / 255),
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=cfg.seed,
+        )
+    return seconds

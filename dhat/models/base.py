@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +96,37 @@ class Classifier(nn.Module, abc.ABC):
         """Logits of normalised inputs; every registered model defines it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # the dtype only: no read of the values, per step
+            raise UserError(_not_float(type(self).__name__, x))
         return self.logits(self.normalise(x))
+
+
+def _not_float(what: str, x: torch.Tensor) -> str:
+    return (
+        f"{what} takes float pixels in [0, 1], got a {str(x.dtype).replace('torch.', '')} "
+        "tensor: pass x.float() / 255"
+    )
+
+
+def called_from_outside(depth: int = 2) -> bool:
+    """Whether the function that calls this one was called from outside the dhat package
+    (a user's call, not a training step's or an evaluation batch's)."""
+    name = sys._getframe(depth).f_globals.get("__name__", "")
+    return not (name == "dhat" or name.startswith("dhat."))
+
+
+def check_pixels(x: torch.Tensor, what: str, *, values: bool = True) -> None:
+    """`x` float pixels in [0, 1], else one line naming the fix. The dtype costs nothing;
+    `values` reads x once (waits for the device): for a user's call, never per step."""
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"{what}: x must be a tensor of pixels in [0, 1], got {excerpt(x)}")
+    if not x.is_floating_point():
+        raise UserError(_not_float(what, x))
+    if values and x.numel() and not torch.equal(x.clamp(0, 1), x):  # NaN is unequal too
+        raise UserError(
+            f"{what} takes pixels in [0, 1]; x has values outside (or NaN): pass x / 255 for "
+            "0..255 pixels, and undo any normalisation (dhat models normalise inside)"
+        )
 
 
 def _check_stats(model: str, mean: Any, std: Any) -> None:

@@ -5,19 +5,28 @@ its Grad-CAM layer and the datasets whose normalisation it takes (the first is i
 A model with a `variant` argument declares one `ModelCfg` per variant, so an ImageNet
 variant defaults to ImageNet's statistics and 224 px. `model_defaults(name, dataset, **kwargs)`
 resolves them; `create_model` fills mean/std (and, with `dataset`, the class count) from them.
+
+Outside models: a name `package.module:factory`, or a name that an installed package lists
+in the `dhat.models` entry-point group, is registered on first use (`outside_model`), so
+`dhat train --model mypkg.nets:make_net` trains the user's network and its checkpoints
+evaluate by name.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import importlib.metadata
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import UserError, unknown_name
+from ..errors import UserError, clip, unknown_name
 from ..schema import Where, check_factory_args
 from .base import NORMALIZATION, Classifier
 
@@ -78,13 +87,171 @@ def register_model(
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the fnmatch `pattern` (e.g. "wrn*", "*resnet*"), sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+    """Registered model names matching the fnmatch `pattern` (e.g. "wrn*", "*resnet*"), sorted;
+    with the names of the `dhat.models` entry points (not imported until used)."""
+    names = set(_MODELS) | {ep.name for ep in _entry_points()}
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def _known(name: str) -> None:
-    if name not in _MODELS:
-        raise unknown_name("model", name, _MODELS)
+    if name not in _MODELS and not outside_model(name):
+        raise unknown_name("model", name, list_models())
+
+
+def is_model(name: str) -> bool:
+    """Whether `name` is a registered model, or an outside one (now registered)."""
+    return name in _MODELS or outside_model(name)
+
+
+# --- outside models --------------------------------------------------------------------------
+ENTRY_POINT_GROUP = "dhat.models"
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+class OutsideModel(Classifier):
+    """A user's network `net` (normalised inputs -> (B, C) logits) as a dhat Classifier: the
+    mean/std buffers normalise [0, 1] pixels before it. Its modules are named `net.<path>`;
+    a Grad-CAM layer may be given as `<path>` alone."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        cam_layer: str = "",
+    ):
+        super().__init__(num_classes, mean, std)
+        self.net = net
+        self.cam_layer = f"net.{cam_layer}" if cam_layer else ""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def get_submodule(self, target: str) -> nn.Module:
+        try:
+            return super().get_submodule(target)
+        except AttributeError:
+            return self.net.get_submodule(target)
+
+
+def _declared_stats(factory: Callable, net: nn.Module):
+    """(mean, std) the model declares: the factory's `mean`/`std` attributes, else timm's
+    `pretrained_cfg` (or `default_cfg`) of the network; None if neither."""
+    if getattr(factory, "mean", None) is not None and getattr(factory, "std", None) is not None:
+        return factory.mean, factory.std  # type: ignore[attr-defined]  # checked just above
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(net, attr, None)
+        if isinstance(cfg, dict) and cfg.get("mean") is not None and cfg.get("std") is not None:
+            return cfg["mean"], cfg["std"]
+    return None
+
+
+def adapt_factory(name: str, factory: Callable) -> Callable[..., Classifier]:
+    """A dhat factory for a user's `factory(num_classes=..., **kwargs) -> nn.Module`.
+
+    * A factory that takes `mean` and `std` gets them and normalises inside its network (a
+      Classifier it returns is used as is).
+    * Otherwise the network takes normalised inputs and is wrapped in `OutsideModel`, with
+      the statistics it declares (`_declared_stats`: the ones its weights expect), else
+      the given ones (the dataset's in `dhat train`).
+    * The Grad-CAM layer: the network's `cam_layer` attribute, else the factory's, else the
+      value of the factory's own `cam_layer` argument; none known: `--cam-layer` names it.
+    """
+    params = inspect.signature(factory).parameters
+    own = {k: p for k, p in params.items() if k not in ("num_classes", "mean", "std")}
+    if "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise UserError(f"model {name}: its factory must take num_classes (the class count)")
+    takes_stats = "mean" in params and "std" in params
+
+    def build(num_classes: int = 10, mean=None, std=None, **kwargs) -> Classifier:
+        stats = {"mean": mean, "std": std} if takes_stats else {}
+        net = factory(num_classes=num_classes, **stats, **kwargs)
+        if isinstance(net, Classifier):
+            return net
+        if not isinstance(net, nn.Module):
+            raise UserError(
+                f"model {name}: the factory returned a {type(net).__name__}, not a torch.nn.Module"
+            )
+        layer = (
+            getattr(net, "cam_layer", "")
+            or getattr(factory, "cam_layer", "")
+            or kwargs.get("cam_layer", own["cam_layer"].default if "cam_layer" in own else "")
+        )
+        if takes_stats:  # normalised inside the network: identity buffers outside
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        else:
+            mean, std = _declared_stats(factory, net) or (mean, std)
+        return OutsideModel(net, num_classes, mean, std, cam_layer=str(layer or ""))
+
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # model_arg_defaults reads it
+        [
+            inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
+            for k, d in (("num_classes", 10), ("mean", None), ("std", None))
+        ]
+        + [
+            p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for p in own.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
+        ]
+    )
+    return build
+
+
+def _import_factory(name: str) -> Callable:
+    """The object `package.module:attr` names (a dotted attr allowed); one line otherwise."""
+    module_name, _, attr = name.partition(":")
+    top = module_name.split(".")[0]
+    if not module_name or not attr or top in sys.stdlib_module_names:
+        raise UserError(
+            f"--model {clip(name, 80)}: an outside model is named package.module:factory "
+            "(a module of your own, importable here, e.g. on PYTHONPATH)"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(
+            f"--model {clip(name, 80)}: cannot import {module_name} ({type(e).__name__}: "
+            f"{clip(str(e), 100)}); put its folder on PYTHONPATH or install its package"
+        ) from None
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UserError(f"--model {clip(name, 80)}: {module_name} has no {attr}") from None
+    if not callable(obj):
+        raise UserError(f"--model {clip(name, 80)}: {attr} is not callable (a model factory)")
+    return obj
+
+
+def outside_model(name: str) -> bool:
+    """Register `name` if it is `package.module:factory` or a `dhat.models` entry point;
+    whether it was. A factory is adapted by `adapt_factory`; an entry point's module may
+    also register its models itself (`register_model`) when it is imported."""
+    if not isinstance(name, str):
+        return False
+    if ":" in name:
+        factory = _import_factory(name)
+    else:
+        eps = [ep for ep in _entry_points() if ep.name == name]
+        if not eps:
+            return False
+        try:
+            factory = eps[0].load()
+        except Exception as e:  # the plugin's own import error: name it, in one line
+            raise UserError(
+                f"model {name} (entry point {eps[0].value}) cannot be loaded: "
+                f"{type(e).__name__}: {clip(str(e), 120)}"
+            ) from None
+        if name in _MODELS:  # its module registered it on import
+            return True
+    register_model(name, ModelCfg(cam_layer=str(getattr(factory, "cam_layer", "") or "")))(
+        adapt_factory(name, factory)
+    )
+    return True
 
 
 def _dataset_stats(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -182,5 +349,8 @@ def cam_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Modu
     base = unwrap(model)
     path = layer or getattr(base, "cam_layer", "")
     if not path:
-        raise ValueError(f"{type(base).__name__} names no cam_layer; pass layer=")
+        raise ValueError(
+            f"{type(base).__name__} names no Grad-CAM layer (no cam_layer attribute): name one, "
+            "layer='...' in Python or --cam-layer on the command line"
+        )
     return base.get_submodule(path)

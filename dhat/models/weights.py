@@ -323,9 +323,9 @@ def _robustbench_row(
     """(row name, dataset, Row) when `model_name` is a RobustBench row, or the file keeps a
     row's name (`Gowal2020Uncovering_70_16.pt`, as RobustBench's loader saves it); else None."""
     from . import robustbench as rb
-    from .registry import list_models
+    from .registry import is_model
 
-    if model_name and model_name not in list_models():
+    if model_name and not is_model(model_name):
         if not (rb.is_row_name(model_name) or rb.ROW_NAME.fullmatch(model_name)):
             return None  # not a row's spelling: create_model names the nearest architecture
         row_name = model_name  # a row, or a misspelt one: lookup names the nearest

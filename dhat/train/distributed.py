@@ -14,6 +14,10 @@ How a DDP run is arranged (`torchrun --nproc_per_node G [--nnodes N ...] -m dhat
 * Rank 0 alone writes config.yaml, log.jsonl and checkpoints; every rank reads last.pt on
   resume, so the run directory must be on a filesystem all nodes see.
 * Per-step metrics are summed (weighted by slice size) over the epoch and all-reduced once.
+* The global batch and its generated part are rounded to multiples of the world size
+  (`split_batch`; rank 0 says so), so one recipe runs on 1, 2, 4 or 8 processes.
+* After training, rank 0 alone prints, writes the card and runs the quick evaluation
+  (`is_main_process`: the process group is gone by then).
 """
 
 from __future__ import annotations
@@ -41,6 +45,60 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun job (or a single process); usable before
+    the process group exists and after it is destroyed (torchrun's RANK)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """A global batch of `batch` images of which `aux` are generated, each divisible by the
+    world size; `note` says what was rounded (None if nothing was)."""
+
+    batch: int
+    aux: int
+    note: str | None = None
+
+
+def _multiple(n: float, k: int) -> int:
+    """The multiple of k nearest to n (halves up), at least k."""
+    return k * max(1, int(n / k + 0.5))
+
+
+def split_batch(batch_size: int, aux_fraction: float, world_size: int) -> BatchSplit:
+    """The global batch and its generated part (round(aux_fraction · batch), 0 without
+    generated data) rounded to the nearest multiples of `world_size` that leave a real and,
+    with aux_fraction > 0, a generated part in every rank's slice."""
+    from ..errors import UserError
+
+    w = world_size
+    aux = round(aux_fraction * batch_size)
+    batch = batch_size if batch_size % w == 0 else _multiple(batch_size, w)
+    k = round(aux_fraction * batch)
+    if aux_fraction and k % w:
+        k = _multiple(k, w)
+    if aux_fraction and k >= batch:
+        if batch - w < w:
+            raise UserError(
+                f"--batch-size {batch_size} is too small to hold real and generated images "
+                f"on each of {w} processes: use at least {2 * w}"
+            )
+        k = batch - w
+    if (batch, k) == (batch_size, aux):
+        return BatchSplit(batch, k)
+    parts = []
+    if batch != batch_size:
+        parts.append(f"batch size {batch} (not {batch_size})")
+    if k != aux:
+        parts.append(f"{k} generated images per batch (not {aux}, aux_fraction {k / batch:.3f})")
+    return BatchSplit(
+        batch, k, f"{w} processes: {' and '.join(parts)}, so that each divides by {w}"
+    )
 
 
 def setup_distributed(device: str) -> tuple[Dist, torch.device]:

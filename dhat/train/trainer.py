@@ -12,6 +12,10 @@ config.yaml and events.jsonl (so a resume that stops before saving leaves them a
 interruption between these writes restores best.pt (from last.pt, which is then the best),
 config.yaml and events.jsonl from it, and removes temporary files a kill left. Checkpoint
 states count epochs from 0 (`epoch`, `best_epoch`); log.jsonl and messages from 1.
+
+Rank 0's experiment trackers (`--loggers`, `dhat.train.loggers`) get each epoch's record
+after it is committed and, every `log_every` steps, the means since the last point (read in
+the same single read as the finiteness check; nothing more is read per step).
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ from .distributed import (
     reduce_sums,
     setup_distributed,
     shard,
+    split_batch,
 )
 from .ema import EMA
+from .loggers import TENSORBOARD_DIR, Loggers
 from .rundir import (
     RUN_FILES,
     RunLock,
@@ -71,7 +77,7 @@ from .rundir import (
 from .schedule import onecycle_lr, piecewise_lr
 
 # Config fields a resume may always change: they do not alter the training trajectory.
-FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_every")
+FREE_ON_RESUME = ("epochs", "progress", "device", "threads", "out_dir", "log_every", "loggers")
 # Config fields a resume can never change, even with --allow-change: last.pt's state is made
 # for them.
 FIXED_ON_RESUME = {
@@ -157,6 +163,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.lock: RunLock | None = None
+        self.trackers: Loggers | None = None  # rank 0's experiment trackers (--loggers)
         self.changes: dict[str, tuple[Any, Any]] = {}
         if self.dist.main:
             check_out_dir(self.out, resume=resume, overwrite=overwrite)
@@ -253,16 +260,14 @@ class Trainer:
         val_x = data.train_x[val_idx]
         self.val = (view(val_x) if view else val_x, data.train_y[val_idx])
         gen = torch.Generator().manual_seed(cfg.seed)
-        k_aux = round(cfg.aux_fraction * cfg.batch_size) if cfg.aux_data else 0
-        if cfg.batch_size % d.world_size or k_aux % d.world_size:
-            raise UserError(
-                f"--batch-size {cfg.batch_size} (and its generated part {k_aux}) "
-                f"must divide by the {d.world_size} processes"
-            )
+        split = split_batch(cfg.batch_size, cfg.aux_fraction if cfg.aux_data else 0.0, d.world_size)
+        if split.note and d.main:
+            print(f"torchrun: {split.note}", flush=True)
+        k_aux = split.aux
         self.loader = BatchLoader(
             data.train_x[train_idx],
             data.train_y[train_idx],
-            cfg.batch_size - k_aux,
+            split.batch - k_aux,
             shuffle=True,
             augment=cfg.augment,
             drop_last=False,
@@ -428,6 +433,8 @@ class Trainer:
         except KeyboardInterrupt:
             raise TrainingInterrupted(holds_run(self.out) and not self.staged) from None
         finally:
+            if self.trackers is not None:
+                self.trackers.close()
             if self.lock is not None:
                 self.lock.release()
 
@@ -446,6 +453,8 @@ class Trainer:
             (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         if self.resume:
             self._restore()
+        if d.main:
+            self._open_trackers()
         barrier(d)
         saved_here = False
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -479,10 +488,20 @@ class Trainer:
                 except (CheckpointWriteError, OSError) as e:
                     raise self._write_failed(epoch, e) from None
                 saved_here = True
+                if self.trackers:
+                    self.trackers.epoch(record, (epoch + 1) * len(self.loader))
                 if cfg.progress:
                     tqdm.write(_summary(record))
             barrier(d)
         return self.out
+
+    def _open_trackers(self) -> None:
+        """Rank 0's trackers beside log.jsonl; TensorBoard's folder joins the run's files."""
+        if "tensorboard" in self.cfg.loggers:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            register(self.run_dir, [TENSORBOARD_DIR])
+        config = json.loads(json.dumps(asdict(self.cfg), default=str))
+        self.trackers = Loggers(self.cfg.loggers, self.run_dir, self.out.resolve().name, config)
 
     def _commit(self, record: dict[str, Any], state: dict[str, Any], improved: bool, first: bool):
         """Write one good epoch, in the order of the module docstring."""
@@ -499,6 +518,8 @@ class Trainer:
             if self.events or (self.run_dir / "events.jsonl").exists():
                 write_text(self.run_dir / "events.jsonl", jsonl(self.events))
         if self.staged:  # the first good checkpoint of an overwrite: swap it in
+            if self.trackers:
+                self.trackers.move(self.out)  # TensorBoard reopens its files there
             swap_in(self.out, self.run_dir)
             self.staged, self.run_dir = False, self.out
 
@@ -549,6 +570,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         bad: dict[str, torch.Tensor] = {}
         n_seen, t0 = 0, time.perf_counter()
+        self._last_point: tuple[int, list[float]] = (0, [])  # (n_seen, sums) at the last point
         bar = tqdm(
             self.batches,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -583,6 +605,7 @@ class Trainer:
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 self._log_point(epoch, step, sums, bad, n_seen, bar)
         self._log_point(epoch, len(self.loader) - 1, sums, bad, n_seen, None)
+        self._last_point = (0, [])
         read = torch.stack(list(sums.values())).tolist() if sums else []  # one read per epoch
         totals = reduce_sums(dict(zip(sums, read)) | {"_n": float(n_seen)}, d, self.device)
         secs = time.perf_counter() - t0
@@ -598,8 +621,14 @@ class Trainer:
 
     def _log_point(self, epoch, step, sums, bad, n_seen, bar) -> None:
         """The once-per-interval read: stop on a non-finite term (naming the first to go, and
-        its step), show the running loss."""
-        steps = torch.stack(list(bad.values())).tolist() if bad else []  # one read
+        its step), show the running loss, send the interval's means to the trackers."""
+        per_step = bool(self.trackers) and bool(self.cfg.log_every) and bool(bad)
+        if per_step:  # the step indices (exact in float64) and the sums in one read
+            stacked = [torch.stack(list(d.values())).double() for d in (bad, sums)]
+            read = torch.cat(stacked).tolist()
+            steps, totals = [int(s) for s in read[: len(bad)]], read[len(bad) :]
+        else:
+            steps = torch.stack(list(bad.values())).tolist() if bad else []  # one read
         first = {k: s for k, s in zip(bad, steps) if s >= 0}
         term = min(first, key=lambda k: (first[k], k == "loss")) if first else None
         if not all_ranks(term is None, self.dist, self.device):
@@ -607,8 +636,22 @@ class Trainer:
             raise self._diverged(
                 f"in epoch {epoch + 1} {at}: term '{term or 'loss'}' is not finite"
             )
-        if bar is not None and n_seen:
+        if per_step:
+            self._log_step(epoch, step, list(sums), totals, n_seen)
+            if bar is not None and n_seen:
+                bar.set_postfix(loss=f"{totals[list(sums).index('loss')] / n_seen:.3f}")
+        elif bar is not None and n_seen:
             bar.set_postfix(loss=f"{sums['loss'].item() / n_seen:.3f}")
+
+    def _log_step(self, epoch: int, step: int, keys: list[str], totals: list[float], n: int):
+        """The means of the training metrics over the steps since the last point (rank 0's)."""
+        assert self.trackers is not None  # called only with trackers
+        n0, before = self._last_point
+        if n > n0:
+            before = before or [0.0] * len(totals)
+            means = {k: (t - b) / (n - n0) for k, t, b in zip(keys, totals, before)}
+            self.trackers.step(means, epoch * len(self.loader) + step + 1)
+        self._last_point = (n, totals)
 
     def _ema_model(self) -> torch.nn.Module:
         """A copy of the model holding the averaged weights (made once, refreshed each call)."""
