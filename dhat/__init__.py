@@ -3,6 +3,7 @@ analysis for image classifiers. Inputs and budgets are in [0, 1] pixel units thr
 
 from .attacks import inverse_pgd, pgd
 from .cam import grad_cam
+from .checkpoint import load_model
 from .data import BatchLoader, load_dataset
 from .errors import UserError
 from .models import create_model, list_models
@@ -13,6 +14,7 @@ __all__ = [
     "inverse_pgd",
     "pgd",
     "grad_cam",
+    "load_model",
     "BatchLoader",
     "load_dataset",
     "UserError",

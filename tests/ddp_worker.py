@@ -7,8 +7,10 @@ processes do not run conftest.py); overrides may hold `"resume": true`. Under
 `torchrun --nproc_per_node 2` every process runs them and the first trainer joins the group
 (the later ones use it). With params_dir, each rank saves its final parameters there as
 rank<R>.pt (to check that DDP kept them equal). A job `{"cli": [ARGS]}` runs
-`dhat ARGS` (the command line) instead. Several jobs share one start of Python and
-torch per process (seconds each on a small CI box).
+`dhat ARGS` (the command line) instead; with `"aa_budget": {"n_iter", "n_queries"}` its
+AutoAttack runs at that reduced budget, and with `"kill_at": N` the process kills itself
+(SIGKILL) at AutoAttack's N-th package call (tests of `dhat eval --resume`). Several jobs
+share one start of Python and torch per process (seconds each on a small CI box).
 """
 
 from __future__ import annotations
@@ -61,6 +63,30 @@ def run(out_dir: str, overrides: dict, params_dir: str | None = None) -> Path:
     return out
 
 
+def patch_autoattack(budget: dict | None, kill_at: int | None) -> None:
+    """Reduce AutoAttack's budget (the unmodified package, fewer iterations/queries), and
+    SIGKILL this process at its `kill_at`-th package call."""
+    import functools
+    import os
+    import signal
+
+    from dhat.attacks import autoattack
+
+    if budget:
+        autoattack.run_autoattack = functools.partial(autoattack.run_autoattack, **budget)
+        autoattack.run_single = functools.partial(autoattack.run_single, **budget)
+    if kill_at:
+        calls, inner = [0], autoattack._evaluate
+
+        def evaluate(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return inner(*args, **kwargs)
+
+        autoattack._evaluate = evaluate
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for job in json.loads(sys.argv[1]):
@@ -68,6 +94,7 @@ if __name__ == "__main__":
             from dhat.cli import main
 
             register_blobs()
+            patch_autoattack(job.get("aa_budget"), job.get("kill_at"))
             code = main(job["cli"])
             if code:
                 sys.exit(code)

@@ -250,7 +250,9 @@ def test_torchrun_cli_rank0_alone_reports_and_evaluates(tmp_path):
     text = torchrun([{"cli": args}]).stdout
     assert text.count("run written to") == 1, text
     assert text.count("2 processes: batch size 32 (not 31)") == 1, text
-    assert text.count("quick evaluation") == 1 and text.count("result written to") == 1, text
+    assert text.count("quick evaluation") == 1 and text.count("result card (every number)") == 1, (
+        text
+    )
     cards = sorted(p.name for p in out.glob("eval_*.json"))
     assert cards == ["eval_best_quick.json"], cards
     (rec,) = log_lines(out)

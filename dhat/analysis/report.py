@@ -5,7 +5,9 @@ A run directory contributes every `eval_*.json` in it; a JSON file is one card (
 `dhat eval`). Every card is validated on reading. Rows are labelled `method (run)`, with the
 checkpoint name added where one run has several cards.
 
-Columns: clean, pgdK, cw, cwK, aa, gap (robust gap) and, for cards with background-reliance
+Columns: every registered attack (clean, pgdK, cw, cwK, apgd-ce, apgd-t, fab-t, square, aa;
+`dhat.attacks.registry`), worst (per-image worst case), gap (robust gap) and, for cards with
+background-reliance
 measures, bg_gap / bg_gap_pgd10 (mixed_same − mixed_rand), acc:SPLIT / pgd10:SPLIT (accuracy
 on a split), share / share_null / share_gain (object share of the Grad-CAM, its shuffled-
 mask null and share − null), scene_map (background share of the scene class's map − its
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..attacks.registry import find_attack
 from ..errors import UserError
 from ..eval.card import read_card
 
@@ -50,8 +53,6 @@ IOU_DEFAULT_SPLIT = "mixed_rand"
 
 def column_title(key: str) -> str:
     titles = {
-        "clean": "Clean",
-        "aa": "AA",
         "gap": "Robust Gap",
         "bg_gap": "BG-gap",
         "bg_gap_pgd10": "BG-gap (PGD-10)",
@@ -71,11 +72,11 @@ def column_title(key: str) -> str:
         return titles[base] + (f" {split}" if split else "")
     if base == "acc":
         return split
-    if base.startswith("pgd"):
-        t = f"PGD-{base[3:]}" if base[3:] else "PGD"
-        return f"{t} {split}".strip()
-    if base.startswith("cw"):
-        return f"CW-{base[2:]}" if base[2:] else "CW"
+    if base == "worst":
+        return "Worst case"
+    attack = find_attack(base)
+    if attack is not None:
+        return f"{attack.title} {split}".strip()
     return key
 
 
@@ -150,6 +151,9 @@ def _entry(card: dict[str, Any], key: str) -> tuple[Any, float] | None:
     if split:
         v = (b or {}).get("accuracy", {}).get(split, {}).get("clean" if base == "acc" else base)
         return None if v is None else (v, 100)
+    if base == "worst":
+        w = card.get("worst_case")
+        return None if w is None else (w["accuracy"], 100)
     v = card["accuracy"].get(key)
     return None if v is None else (v, 100)
 
@@ -235,12 +239,17 @@ def _records_interval(card: dict[str, Any], key: str) -> tuple[float, float] | N
 def count(card: dict[str, Any], key: str) -> int | None:
     """How many images a column's number was measured on."""
     base = key.partition(":")[0]
-    if base == "aa":
-        return card.get("n_aa")
     if base == "gap":
         return (card.get("robust_gap") or {}).get("n_train")
-    if base in ("clean", "cw") or (base.startswith(("pgd", "cw")) and ":" not in key):
-        return card.get("n_test") if key in card["accuracy"] else None
+    if base == "worst":
+        return (card.get("worst_case") or {}).get("n")
+    attack = find_attack(base) if ":" not in key else None
+    if attack is not None:
+        if key not in card["accuracy"]:
+            return None
+        if key in card.get("n_images", {}):
+            return card["n_images"][key]
+        return card.get("n_aa") if attack.images == "aa" else card.get("n_test")  # older cards
     return (card.get("background") or {}).get("n")
 
 
@@ -546,8 +555,8 @@ def record_terms(key: str) -> list[tuple[float, str]]:
     nat = f"att|{sp}|natural"
     if base == "gap":
         return [(1, "gap|train"), (-1, "gap|test")]
-    if base == "aa":
-        return [(1, "aa|robust")]
+    if base == "worst":
+        return [(1, "worst|robust")]
     if base in ("bg_gap", "bg_gap_pgd10"):
         a = "clean" if base == "bg_gap" else "pgd10"
         return [(1, f"bg|mixed_same|{a}"), (-1, f"bg|mixed_rand|{a}")]
@@ -565,8 +574,9 @@ def record_terms(key: str) -> list[tuple[float, str]]:
         return [(1, f"{nat}|{base[:2]}_null")]
     if split:
         return [(1, f"bg|{split}|{'clean' if base == 'acc' else base}")]
-    if base == "clean" or base.startswith(("pgd", "cw")):
-        return [(1, f"test|{base}")]
+    attack = find_attack(base)
+    if attack is not None:
+        return [(1, attack.record)]
     raise UserError(f"column {key!r} has no per-image records to pair")
 
 

@@ -15,6 +15,11 @@ accuracy equals `AutoAttack(...).run_standard_evaluation(x, y)` with the same se
 size (tests/test_eval_autoattack.py checks this). The adapter hands the package one batch at
 a time (the batches the package would form itself), which gives a progress bar per attack.
 
+`run_single` runs one of the four attacks alone on every image, with the standard version's
+settings, the same way (the registry's apgd-ce, apgd-t, fab-t and square). Both hand their
+package calls to a `batches` runner (`dhat.eval.runner`: resumable, sharded); each call's
+result and AutoAttack's notes during it depend only on its batch and the seed.
+
 `estimate_autoattack_seconds` times the same cascade on one batch with a reduced budget and
 extrapolates each attack to its full budget and to the images it will see.
 """
@@ -34,6 +39,14 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..modes import frozen_params, model_mode
+
+Batches = Callable[[str, int, Callable[[int], Any]], list[Any]]
+Inspect = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def _local(key: str, n: int, fn: Callable[[int], Any]) -> list[Any]:
+    return [fn(i) for i in range(n)]
+
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 INSTALL_HINT = "pip install --no-deps pyautoattack   (or: pip install 'dhat[autoattack]')"
@@ -76,6 +89,34 @@ class _Capture(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def _noted(call: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+    """Run one package call -> (its result, what AutoAttack's checks said during it), so that a
+    batch's notes travel with its result (a resumed or sharded batch keeps them); `_say`
+    re-issues them where the caller collects them."""
+    handler = _Capture()
+    aa_logger = logging.getLogger("auto-attack")
+    aa_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = call()
+    finally:
+        aa_logger.removeHandler(handler)
+    notes = handler.messages + [str(w.message) for w in caught if w.category is Warning]
+    for w in caught:  # others (a torch deprecation, ...) pass through
+        if w.category is not Warning:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out, notes
+
+
+def _say(results: list[tuple[torch.Tensor, list[str]]]) -> torch.Tensor:
+    """The batches' results concatenated; their notes re-issued (as AutoAttack's warnings)."""
+    for _, notes in results:
+        for m in notes:
+            warnings.warn(m, Warning, stacklevel=2)
+    return torch.cat([r for r, _ in results])
 
 
 def _build(module, name: str, model, *, eps: float, seed: int, device) -> Any:
@@ -126,6 +167,8 @@ def run_autoattack(
     return_flags: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    batches: Batches = _local,
+    inspect: Inspect | None = None,
 ):
     """Standard AutoAttack (L-inf) on the first `n` images of `x` (uint8 (N,3,H,W) or float in
     [0, 1]) -> a JSON-ready dict:
@@ -139,7 +182,10 @@ def run_autoattack(
     `n_iter` / `n_queries` shrink APGD/FAB iterations and Square queries for tests; the result
     is then marked version 'standard (reduced budget)'. With `return_flags`, also returns the
     (n,) bool tensor of images robust to every attack. `log` receives a line per attack;
-    `progress`: a tqdm bar per attack (None: only on a terminal).
+    `progress`: a tqdm bar per attack (None: only on a terminal). `batches(key, n, fn)` runs
+    the package calls, batch i of each stage being `fn(i)` (the registry's runners resume or
+    shard them; each call depends only on its batch and the seed). `inspect(x, y, x_adv)`
+    sees each package call's adversarial images.
     """
     module, name, version = import_autoattack()
     if not 0 < eps <= 1:
@@ -177,6 +223,8 @@ def run_autoattack(
                 flagged=flagged,
                 log=log,
                 progress=progress,
+                batches=batches,
+                inspect=inspect,
             )
     finally:
         aa_logger.removeHandler(handler)
@@ -235,6 +283,8 @@ def _cascade(
     log,
     progress=None,
     timing=None,
+    batches: Batches = _local,
+    inspect: Inspect | None = None,
 ):
     """Run the standard attacks one after another on the images still robust, a batch per
     package call: the first attack's batches are the correctly classified images in order,
@@ -262,11 +312,12 @@ def _cascade(
         aa.verbose = False
     robust = torch.zeros(len(y), dtype=torch.bool)
     after: dict[str, float] = {}
-    with torch.no_grad():  # the package's own clean pass uses the same batches
-        pred = [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-            for i in range(0, len(y), batch_size)
-        ]
+
+    def clean_batch(i: int) -> torch.Tensor:  # the package's own clean pass: same batches
+        with torch.no_grad():
+            return model(x[i * batch_size : (i + 1) * batch_size].to(device)).argmax(1).cpu()
+
+    pred = batches("aa/clean", (len(y) + batch_size - 1) // batch_size, clean_batch)
     correct = torch.cat(pred) == y if len(y) else torch.zeros(0, dtype=torch.bool)
     clean = correct.float().mean().item() if len(y) else 0.0
 
@@ -284,7 +335,6 @@ def _cascade(
             after[attack] = 0.0
         else:
             aa.attacks_to_run = [attack]
-            survived = torch.zeros(len(idx), dtype=torch.bool)
             bar = tqdm(
                 total=len(idx),
                 desc=f"autoattack {attack}",
@@ -292,13 +342,21 @@ def _cascade(
                 leave=False,
                 disable=None if progress is None else not progress,
             )
+
+            def one(i: int, idx=idx, bar=bar) -> tuple[torch.Tensor, list[str]]:
+                part = idx[i * batch_size : (i + 1) * batch_size]
+                with quiet():
+                    (x_adv, y_adv), notes = _noted(
+                        lambda: _evaluate(aa, name, x[part], y[part], batch_size)
+                    )
+                if inspect is not None:
+                    inspect(x[part], y[part], x_adv.cpu())
+                bar.update(len(part))
+                return y_adv.cpu() == y[part], notes
+
             with bar:
-                for lo in range(0, len(idx), batch_size):
-                    part = idx[lo : lo + batch_size]
-                    with quiet():
-                        _, y_adv = _evaluate(aa, name, x[part], y[part], batch_size)
-                    survived[lo : lo + len(part)] = y_adv.cpu() == y[part]
-                    bar.update(len(part))
+                nb = (len(idx) + batch_size - 1) // batch_size
+                survived = _say(batches(f"aa/{attack}", nb, one))
             robust[:] = False
             robust[idx[survived]] = True
             after[attack] = robust.float().mean().item()
@@ -318,6 +376,110 @@ def _cascade(
     except (ImportError, AttributeError, TypeError):
         pass
     return robust, after, clean, standard, n_targets
+
+
+def run_single(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: str,
+    eps: float,
+    batch_size: int = 250,
+    device="cpu",
+    seed: int = 0,
+    n_iter: int | None = None,
+    n_queries: int | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    batches: Batches = _local,
+    inspect: Inspect | None = None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One attack of standard AutoAttack (`attack` in STANDARD_ATTACKS) alone on every image
+    of `x` (uint8 or float in [0, 1]), with the standard version's settings, from the
+    unmodified package (`attacks_to_run`, a batch per package call) -> (record, (N,) bool
+    correct after it). `n_iter` / `n_queries` as in `run_autoattack`."""
+    if attack not in STANDARD_ATTACKS:
+        raise UserError(f"'{attack}' is not one of AutoAttack's {', '.join(STANDARD_ATTACKS)}")
+    module, name, version = import_autoattack()
+    if not 0 < eps <= 1:
+        raise UserError(f"AutoAttack eps must lie in (0, 1] in pixel units, got {eps}")
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x, y = x.cpu().contiguous(), y.cpu().long()
+    device = str(device)
+    t0 = time.perf_counter()
+    handler = _Capture()
+    aa_logger = logging.getLogger("auto-attack")
+    aa_logger.addHandler(handler)
+    propagate, aa_logger.propagate = aa_logger.propagate, False
+    try:
+        with (
+            model_mode(model, "eval"),
+            frozen_params(model),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            with torch.no_grad():
+                num_classes = model(x[:1].to(device)).shape[-1]
+            aa = _build(module, name, model, eps=eps, seed=seed, device=device)
+            n_targets = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = n_targets
+            reduce_budget(aa, n_iter=n_iter, n_queries=n_queries)
+            aa.attacks_to_run = [attack]
+            if name == "pyautoattack":
+                aa.verbose = False
+            bar = tqdm(
+                total=len(y),
+                desc=attack,
+                unit="img",
+                leave=False,
+                disable=None if progress is None else not progress,
+            )
+
+            def one(i: int) -> tuple[torch.Tensor, list[str]]:
+                sl = slice(i * batch_size, (i + 1) * batch_size)
+                quiet = contextlib.redirect_stdout(None) if name != "pyautoattack" else None
+                with quiet or contextlib.nullcontext():
+                    (x_adv, y_adv), notes = _noted(
+                        lambda: _evaluate(aa, name, x[sl], y[sl], batch_size)
+                    )
+                if inspect is not None:
+                    inspect(x[sl], y[sl], x_adv.cpu())
+                bar.update(len(y[sl]))
+                return y_adv.cpu() == y[sl], notes
+
+            with bar:
+                parts = batches(attack, (len(y) + batch_size - 1) // batch_size, one)
+                correct = _say(parts) if parts else torch.zeros(0, dtype=torch.bool)
+    finally:
+        aa_logger.removeHandler(handler)
+        aa_logger.propagate = propagate
+    flagged = [m for m in handler.messages if "attacks_to_run" not in m]
+    flagged += [
+        str(w.message)
+        for w in caught
+        if (w.category is Warning or f"{name}/" in w.filename.replace("\\", "/"))
+        and "attacks_to_run" not in str(w.message)
+    ]
+    reduced = n_iter is not None or n_queries is not None
+    acc = correct.float().mean().item() if len(y) else 0.0
+    if log is not None:
+        log(f"  {attack}: {100 * acc:.2f}%")
+    record = {
+        "package": name,
+        "package_version": version,
+        "attack": attack,
+        "version": "standard"
+        if not reduced
+        else f"standard (reduced budget: n_iter={n_iter}, n_queries={n_queries})",
+        "n": len(y),
+        "seed": seed,
+        "n_target_classes": n_targets,
+        "robust_accuracy": acc,
+        "warnings": flagged,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return record, correct
 
 
 CALIBRATION = {"n_iter": 10, "n_queries": 100}  # the reduced budget of the timed batch
@@ -373,7 +535,8 @@ def estimate_autoattack_seconds(
                 log=None,
                 progress=False,
                 timing=timing,
-                **CALIBRATION,
+                n_iter=CALIBRATION["n_iter"],
+                n_queries=CALIBRATION["n_queries"],
             )
         finally:
             aa_logger.level = level

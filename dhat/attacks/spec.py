@@ -1,5 +1,6 @@
-"""One description of an evaluation attack, shared by evaluation, curves, sanity checks,
-background measures and the trainer's validation: what runs is what the card says."""
+"""The PGD family of the attack registry (`registry.py`): one description of an L-inf PGD
+attack, shared by evaluation, curves, sanity checks, background measures and the trainer's
+validation: what runs is what the card says."""
 
 from __future__ import annotations
 
@@ -50,12 +51,6 @@ class AttackSpec:
         )
 
 
-AA_DESCRIPTION = (
-    "AutoAttack, version 'standard' (APGD-CE, APGD-T, FAB-T, Square), L-inf, "
-    "eps {eps}/255, official implementation"
-)
-
-
 def make_attack(name: str, eps: float, step_size: float) -> AttackSpec | None:
     """An attack by name: 'clean' (None), 'pgdK' (PGD-K on CE; 'pgd' = 10 steps), 'cw'
     (PGD-20 on the CW margin), 'cwK'."""
@@ -63,24 +58,6 @@ def make_attack(name: str, eps: float, step_size: float) -> AttackSpec | None:
         return None
     m = NAME.fullmatch(name)
     if not m or m.group(2) == "0":
-        raise UserError(
-            f"unknown attack '{name}': use clean, pgdK (e.g. pgd20), cw or cwK, "
-            "or aa for AutoAttack"
-        )
+        raise UserError(f"unknown PGD attack '{name}': use clean, pgdK (e.g. pgd20), cw or cwK")
     loss: Literal["ce", "cw"] = "ce" if m.group(1) == "pgd" else "cw"
     return AttackSpec(loss, int(m.group(2) or (10 if loss == "ce" else 20)), eps, step_size)
-
-
-def check_attack_names(names) -> None:
-    """Every name is clean, pgdK, cw, cwK or aa (a one-line error otherwise)."""
-    for name in names:
-        if name != "aa":
-            make_attack(name, 8 / 255, 2 / 255)
-
-
-def describe(name: str, eps: float, step_size: float) -> str:
-    """The card's line for attack `name`."""
-    if name == "aa":
-        return AA_DESCRIPTION.format(eps=f"{eps * 255:g}")
-    spec = make_attack(name, eps, step_size)
-    return "no attack" if spec is None else spec.describe()

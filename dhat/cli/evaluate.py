@@ -21,9 +21,17 @@ def add_parser(sub, argv: list[str]) -> Parser:
         "eval",
         help="evaluate a checkpoint or a plain state dict (clean, PGD, CW, AA, robust gap)",
         description="Evaluate a model: accuracy under attack on the first N test images, the "
-        "robust gap, sanity checks, optionally AutoAttack ('aa'), robustness curves "
-        "and background-reliance measures; writes a JSON result card. Budgets are "
-        "pixel fractions: --eps 8/255.",
+        "robust gap, sanity checks, optionally AutoAttack ('aa') or its single attacks, the "
+        "per-image worst case over all attacks, robustness curves and background-reliance "
+        "measures; writes a JSON result card. Budgets are pixel fractions: --eps 8/255. "
+        "Resumable: every finished attack batch is saved beside the card "
+        "(<card>.eval-state.pt, removed once the card is written); after an interruption, "
+        "even kill -9 inside AutoAttack, the same command with --resume finishes with the "
+        "card an uninterrupted run writes. Sharded: `torchrun --nproc-per-node N -m dhat.cli "
+        "eval ...` splits every attack's batches across N processes (gloo on CPU, NCCL on "
+        "GPU) and rank 0 writes one card, identical to one process's for the same images "
+        "and seed (attack randomness is drawn per batch from the seed, the attack and the "
+        "batch index).",
     )
     p.add_argument(
         "checkpoint",
@@ -40,6 +48,12 @@ def add_parser(sub, argv: list[str]) -> Parser:
         default=None,
         metavar="KEY=VALUE",
         help="the weights file's architecture argument, e.g. width=64",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the state file beside the card (refused if it is another "
+        "evaluation's: other checkpoint, attacks, images, seed or eps)",
     )
     p.add_argument(
         "--no-progress",
@@ -89,12 +103,19 @@ def run(ns: argparse.Namespace) -> None:
     from ..eval import format_card
     from ..eval.evaluate import run_evaluation, write_evaluation
     from ..eval.sanity import SanityWarning
+    from ..train.distributed import cleanup_distributed
 
     cfg = config_from_args(ns)
     check_outputs(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ev = run_evaluation(cfg, progress=ns.progress, log=print, check_out=True)
+        ev = run_evaluation(
+            cfg, progress=ns.progress, log=print, check_out=True, resume=ns.resume, shard=True
+        )
+    if ev.group is not None:  # the attacks' collectives are over
+        cleanup_distributed(ev.group)
+    if not ev.main:  # another rank of a sharded evaluation: rank 0 prints and writes
+        return
     for w in caught:  # sanity failures are in the table below; other warnings go to stderr
         if not issubclass(w.category, SanityWarning):
             print(f"warning: {w.message}", file=sys.stderr)

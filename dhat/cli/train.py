@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import PRESETS, EvalConfig, TrainConfig, build_train_config, read_yaml
+from ..config import PRESETS, TrainConfig, build_train_config, read_yaml
+from ..config.presets import COMPARISONS
 from ..errors import UserError
 from ..methods import list_methods, method_options
 from ..schema import OptionSpec, specs
@@ -103,7 +104,8 @@ def add_parser(sub, argv: list[str]) -> None:
         "--preset",
         default=None,
         metavar="NAME",
-        help=f"a named preset ({', '.join(sorted(PRESETS))})",
+        help=f"a named preset ({', '.join(sorted([*PRESETS, *COMPARISONS]))}; "
+        "smoke-compare trains and compares several methods)",
     )
     g.add_argument(
         "--model-arg",
@@ -128,7 +130,8 @@ def add_parser(sub, argv: list[str]) -> None:
     p.set_defaults(run=run, method_for_parse=method)
 
 
-def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
+def train_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given as flags (method options and KEY=VALUE lists parsed)."""
     flags: dict[str, Any] = given(ns, TOP_LEVEL | {"preset"})
     method_args = {
         k.split("__", 1)[1]: v
@@ -140,6 +143,11 @@ def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
     for key in ("model_args", "dataset_args"):
         if getattr(ns, key):
             flags[key] = key_values(getattr(ns, key), key.split("_")[0])
+    return flags
+
+
+def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    flags = train_flags(ns)
     return build_train_config(
         resumed_config(ns.config, ns.resume, flags.get("out_dir")), flags=flags
     )
@@ -166,10 +174,15 @@ def unknown_option_error(arg: str, method: str) -> UserError:
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..eval import evaluate_checkpoint, format_card
+    from ..analysis.smoke import quick_eval_config, smoke_summary
+    from ..eval import evaluate_checkpoint
     from ..train import train
     from ..train.distributed import is_main_process
+    from ..train.rundir import read_log
 
+    if ns.preset in COMPARISONS:
+        run_comparison_preset(ns)
+        return
     cfg = train_config_from_args(ns)
     allow = [a.strip() for a in (ns.allow_change or "").split(",") if a.strip()]
     if allow and not ns.resume:
@@ -181,25 +194,28 @@ def run(ns: argparse.Namespace) -> None:
     best = out / "best.pt"
     if ns.no_eval or not best.is_file():
         return
-    print(f"quick evaluation (clean, PGD-10 and the robust gap on {QUICK_N} images):")
-    weights = "ema" if cfg.select == "ema" else "model"
-    card = evaluate_checkpoint(
-        EvalConfig(
-            checkpoint=str(best),
-            attacks=["clean", "pgd10"],
-            n_test=QUICK_N,
-            gap_train_images=QUICK_N,
-            sanity=False,
-            device=cfg.device,
-            weights=weights,
-            out=str(out / "eval_best_quick.json"),
-        ),
-        progress=cfg.progress,
+    print(f"quick evaluation of {best.name} ({QUICK_N} images per split):")
+    card = evaluate_checkpoint(quick_eval_config(best, cfg), progress=cfg.progress)
+    print(smoke_summary(card, read_log(out / "log.jsonl")))
+    print(f"result card (every number): {card['path']}")
+
+
+def run_comparison_preset(ns: argparse.Namespace) -> None:
+    """`--preset smoke-compare`: several methods on the same data, one table and one figure."""
+    from ..analysis.smoke import run_comparison
+
+    if ns.resume or ns.allow_change or ns.no_eval:
+        raise UserError(
+            f"--preset {ns.preset} trains and evaluates several runs: drop "
+            "--resume/--allow-change/--no-eval"
+        )
+    flags = train_flags(ns)
+    res = run_comparison(
+        ns.preset,
+        flags,
+        yaml_path=ns.config,
+        overwrite=ns.overwrite,
+        progress=flags.get("progress", True),
     )
-    print(format_card(card))
-    print(f"result written to {card['path']}")
-    print(
-        f"full evaluation (all test images, PGD-10/20/50, CW, sanity checks; add --attacks "
-        f"clean pgd10 cw aa for AutoAttack):\n  dhat eval {best}"
-        + (" --weights ema" if weights == "ema" else "")
-    )
+    print(res["markdown"])
+    print(f"table -> {res['table']}" + (f"\nfigure -> {res['png']}" if res["png"] else ""))

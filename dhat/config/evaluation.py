@@ -27,7 +27,8 @@ class EvalConfig:
     data_root: str | None = option(None, "the dataset's folder (default: the run's)")
     attacks: list[str] = option(
         default_factory=lambda: list(DEFAULT_ATTACKS),
-        help="clean, pgdK, cw, cwK, aa (standard AutoAttack)",
+        help="clean, pgdK, cw, cwK, apgd-ce, apgd-t, fab-t, square, aa (standard AutoAttack); "
+        "see dhat/attacks/registry.py",
     )
     eps: float | None = option(None, "L-inf budget (default: the run's training ε)", budget=True)
     step_size: float = option(2 / 255, "PGD step size", budget=True)
@@ -83,7 +84,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
-        from ..attacks.spec import check_attack_names
+        from ..attacks.registry import check_attack_names
 
         check_attack_names(self.attacks)
         if self.weights_file and self.checkpoint:

@@ -1,6 +1,6 @@
 """Data: CIFAR pickles, batched augmentation, validation splits, an in-memory loader."""
 
-from . import fashion_scenes, imagefolder, shapes  # noqa: F401  (registration)
+from . import fashion_scenes, imagefolder, shapes, toy_scenes  # noqa: F401  (registration)
 from .augment import random_crop_flip
 from .cifar import load_cifar
 from .datasets import DataBundle, Split, list_datasets, load_dataset, register_dataset

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..attacks.registry import find_attack
 from ..errors import UserError
 from ..io import write_json
 
@@ -52,11 +53,31 @@ def validate_card(card: dict[str, Any], where: str = "result card") -> dict[str,
             bad(f"accuracy '{name}' was not requested by its eval_config.attacks {requested}")
     if not isinstance(card.get("n_test"), int) or card["n_test"] <= 0:
         bad("n_test must be a positive image count")
+    for name in acc:
+        if find_attack(name) is None:
+            bad(f"accuracy '{name}' names no registered attack")
+    counts = card.get("n_images")
+    if counts is not None:  # cards before the attack registry have none
+        for name in acc:
+            n = counts.get(name)
+            if not isinstance(n, int) or not 0 < n <= card["n_test"]:
+                bad(f"accuracy '{name}' has no image count in n_images (1..n_test)")
+            if find_attack(name).images == "test" and n != card["n_test"]:  # type: ignore[union-attr]  # checked above
+                bad(f"n_images['{name}'] = {n} differs from n_test")
+        w = card.get("worst_case")
+        if w is not None and (
+            list(w.get("attacks", [])) != list(acc)
+            or w.get("n") != min(counts[k] for k in acc)
+            or not 0 <= w.get("accuracy", -1) <= 1
+        ):
+            bad("worst_case is not over every attack on the images all of them saw")
     sanity = {c["check"]: c for c in card.get("sanity", [])}
     if "aa" in acc:
         aa = card.get("autoattack")
         if not isinstance(card.get("n_aa"), int) or card["n_aa"] <= 0:
             bad("an AutoAttack accuracy needs its image count n_aa")
+        if counts is not None and counts.get("aa") != card["n_aa"]:
+            bad("n_images['aa'] differs from n_aa")
         if not aa or aa.get("n") != card["n_aa"] or not _close(aa["robust_accuracy"], acc["aa"]):
             bad("accuracy 'aa' does not match its autoattack record (n, robust_accuracy)")
         if sanity and any(
@@ -184,7 +205,17 @@ def card_label(card: dict[str, Any]) -> str:
 def format_card(card: dict[str, Any]) -> str:
     """A small text table of one result, AutoAttack's cascade, background measures and any
     failed sanity check."""
-    rows = [(k, f"{100 * v:.2f}") for k, v in card["accuracy"].items()]
+    counts = card.get("n_images", {})
+    rows = [
+        (
+            k if counts.get(k, card["n_test"]) == card["n_test"] else f"{k} ({counts[k]} imgs)",
+            f"{100 * v:.2f}",
+        )
+        for k, v in card["accuracy"].items()
+    ]
+    if "worst_case" in card:
+        w = card["worst_case"]
+        rows.append((f"worst case, per image ({w['n']} imgs)", f"{100 * w['accuracy']:.2f}"))
     if "autoattack" in card:
         for attack, v in card["autoattack"]["robust_accuracy_after"].items():
             rows.append((f"  aa: after {attack}", f"{100 * v:.2f}"))

@@ -15,25 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from ..attacks.spec import AttackSpec
-from .robust import correct_under
+from ..attacks.registry import Context, get_attack
 
 EPS_255 = (2, 4, 6, 8, 10, 12, 16)
 STEPS = (1, 5, 10, 20, 50)
 
 
-def _acc(model, x, y, attack, batch_size, device, seed) -> float:
-    torch.manual_seed(seed)
-    return (
-        correct_under(model, x, y, attack, batch_size=batch_size, device=device)
-        .float()
-        .mean()
-        .item()
-    )
+def _acc(model, x, y, name: str, eps, step_size, batch_size, device, seed) -> float:
+    """Accuracy under the registry's attack `name` at (eps, step_size)."""
+    ctx = Context(eps, step_size, seed, batch_size, device)
+    return get_attack(name).run(model, x, y, ctx).correct.float().mean().item()
 
 
 def robustness_curves(
@@ -53,14 +47,12 @@ def robustness_curves(
     """Accuracy (fractions) on images x (uint8 or float in [0, 1]) -> a JSON-ready dict:
     {"n" (the image count every point is measured on), "clean", "eps": {"eps_255", "pgd20",
     "cw", ...}, "steps": {"steps", "pgd", ...}}."""
-    clean = _acc(model, x, y, None, batch_size, device, seed)
+    clean = _acc(model, x, y, "clean", eps, step_size, batch_size, device, seed)
     pgd20, cw = [clean], [clean]
     for e in eps_255:
         e_ = e / 255
-        pairs: list[tuple[Literal["ce", "cw"], list[float]]] = [("ce", pgd20), ("cw", cw)]
-        for loss, out in pairs:
-            attack = AttackSpec(loss, 20, e_, e_ / 4)
-            out.append(_acc(model, x, y, attack, batch_size, device, seed))
+        for name, out in (("pgd20", pgd20), ("cw20", cw)):
+            out.append(_acc(model, x, y, name, e_, e_ / 4, batch_size, device, seed))
         if log is not None:
             log(
                 f"  curves (n={len(y)}): eps {e}/255  PGD-20 {100 * pgd20[-1]:.2f}  "
@@ -68,8 +60,7 @@ def robustness_curves(
             )
     by_steps = []
     for k in steps:
-        attack = AttackSpec("ce", k, eps, step_size)
-        by_steps.append(_acc(model, x, y, attack, batch_size, device, seed))
+        by_steps.append(_acc(model, x, y, f"pgd{k}", eps, step_size, batch_size, device, seed))
         if log is not None:
             log(f"  curves (n={len(y)}): PGD-{k}  {100 * by_steps[-1]:.2f}")
     return {

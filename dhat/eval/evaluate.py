@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from ..attacks.spec import describe, make_attack
+from ..attacks.registry import (
+    Batches,
+    Context,
+    describe,
+    get_attack,
+    local_batches,
+    uses_autoattack,
+)
+from ..attacks.spec import make_attack
 from ..checkpoint import model_from_state, read_checkpoint
 from ..config import DEFAULT_ATTACKS, EvalConfig, config_hash, resolve_device
 from ..data import DataBundle, load_dataset, validation_split
@@ -101,14 +109,20 @@ def evaluate_model(
     inverse_eps: tuple[float, ...] = (),
     log: Log = None,
     records: dict[str, Any] | None = None,
+    batches: Batches = local_batches,
+    aa_budget: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy (fraction) under each named attack on the first `n_test` test images
-    ("aa" = standard AutoAttack on the first `aa_n`, default `n_test`), the robust gap
+    """Accuracy (fraction) under each named attack (`dhat.attacks.registry`) on the first
+    `n_test` test images (AutoAttack's, "aa" and its single attacks, on the first `aa_n`,
+    default `n_test`), per-image worst case over all of them ("worst_case", on the images
+    every attack saw), the robust gap
     (PGD-10 train minus test) when `gap_train` images are given, robustness curves and sanity
     checks when asked, and the background-reliance measures (`background.py`) when the dataset
     has object/background splits. `progress`: tqdm bars; `log`: one line per finished part.
     With `records` (a dict), the per-image values behind every number are added to it
-    (`records.py` names them), and the result's "images_sha256" identifies each image set."""
+    (`records.py` names them), and the result's "images_sha256" identifies each image set.
+    `batches` runs each attack's batches (a resumable or sharded runner); `aa_budget`
+    ({"n_iter", "n_queries"}) shrinks AutoAttack for tests."""
     from .sanity import check_train_mode, run_sanity_checks
 
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
@@ -117,53 +131,55 @@ def evaluate_model(
         x, y = x[:n_test], y[:n_test]
     acc: dict[str, float] = {}
     correct: dict[str, torch.Tensor] = {}
+    n_images: dict[str, int] = {}
     out: dict[str, Any] = {"n_test": len(y), "images_sha256": {"test": images_sha256(x, y)}}
-    aa_robust = None
+    ctx = Context(
+        eps=eps,
+        step_size=step_size,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        log=log,
+        batches=batches,
+        aa_budget=dict(aa_budget or {}),
+    )
+    n_aa = min(aa_n or len(y), len(y))
     for name in attacks:
-        if name == "aa":
-            from ..attacks.autoattack import run_autoattack
-
-            n = min(aa_n or len(y), len(y))
-            out["autoattack"], aa_robust = run_autoattack(
-                model,
-                x[:n],
-                y[:n],
-                eps=eps,
-                batch_size=batch_size,
-                device=device,
-                seed=seed,
-                return_flags=True,
-                log=log,
-                progress=progress,
-            )
-            acc["aa"] = out["autoattack"]["robust_accuracy"]
-            out["n_aa"] = out["autoattack"]["n"]
-            out["images_sha256"]["aa"] = images_sha256(x[:n], y[:n])
-            if records is not None and aa_robust is not None:
-                records["aa|robust"] = torch.as_tensor(aa_robust).bool()
-            continue
-        torch.manual_seed(seed)
-        correct[name] = correct_under(
-            model,
-            x,
-            y,
-            make_attack(name, eps, step_size),
-            batch_size=batch_size,
-            device=device,
-            desc=name if progress else None,
-        )
-        acc[name] = correct[name].float().mean().item()
+        attack = get_attack(name)
+        m = n_aa if attack.images == "aa" else len(y)
+        result = attack.run(model, x[:m], y[:m], ctx)
+        correct[name], n_images[name] = result.correct.bool().cpu(), m
+        acc[name] = correct[name].float().mean().item() if m else 0.0
         if records is not None:
-            records[f"test|{name}"] = correct[name]
-        if log is not None:
+            records[attack.record] = correct[name]
+        if name == "aa":
+            out["images_sha256"]["aa"] = images_sha256(x[:m], y[:m])
+            out["autoattack"], out["n_aa"] = result.record, m
+        elif result.record is not None:
+            out.setdefault("attack_records", {})[name] = result.record
+        if log is not None and attack.family != "autoattack":
             log(f"  {name}: {100 * acc[name]:.2f}%")
+    out["n_images"] = n_images
+    if any(get_attack(k).family != "clean" for k in correct):
+        m = min(n_images.values())
+        worst = torch.stack([v[:m] for v in correct.values()]).all(0)
+        out["worst_case"] = {
+            "accuracy": worst.float().mean().item() if m else 0.0,
+            "n": m,
+            "attacks": list(correct),
+        }
+        out["images_sha256"]["worst"] = images_sha256(x[:m], y[:m])
+        if records is not None:
+            records["worst|robust"] = worst
+    aa_robust = correct.get("aa")
     out["accuracy"] = acc
     if gap_train is not None and len(gap_train[1]):
         pgd10 = make_attack("pgd10", eps, step_size)
         test_correct = correct.get("pgd10")
-        if test_correct is None:
-            torch.manual_seed(seed)
-            test_correct = correct_under(model, x, y, pgd10, batch_size=batch_size, device=device)
+        if test_correct is None:  # as if requested, without the runner (not resumed)
+            local = Context(eps, step_size, seed, batch_size, device)
+            test_correct = get_attack("pgd10").run(model, x, y, local).correct
         torch.manual_seed(seed)
         train_correct = correct_under(
             model,
@@ -373,6 +389,9 @@ class Evaluation:
     records: dict[str, Any] | None
     out: Path
     pin: Any  # dhat.train.rundir.FolderPin
+    state: Any = None  # runner.Resumable: removed once the card is written
+    main: bool = True  # rank 0 (or a single process): the one that writes
+    group: Any = None  # dhat.train.distributed.Dist of a sharded evaluation
 
 
 def evaluate_checkpoint(
@@ -389,19 +408,50 @@ def evaluate_checkpoint(
     writes the card itself). `log` receives progress lines, among them a duration estimate
     before a long evaluation."""
     ev = run_evaluation(cfg, progress, log, check_out=write if check_out is None else check_out)
-    if write:
+    if ev.group is not None:
+        from ..train.distributed import cleanup_distributed
+
+        cleanup_distributed(ev.group)
+    if write and ev.main:
         ev.card["path"] = str(write_evaluation(ev, cfg))
+    elif ev.state is not None:  # nothing to resume: the evaluation is complete
+        ev.state.finish()
     return ev.card
 
 
 def run_evaluation(
-    cfg: EvalConfig, progress: bool = True, log: Log = None, check_out: bool = True
+    cfg: EvalConfig,
+    progress: bool = True,
+    log: Log = None,
+    check_out: bool = True,
+    *,
+    resume: bool = False,
+    shard: bool = False,
+    aa_budget: dict[str, int] | None = None,
 ) -> Evaluation:
-    """The evaluation of `evaluate_checkpoint`, without writing anything."""
+    """The evaluation of `evaluate_checkpoint`, without writing anything.
+
+    Every finished attack batch is saved in a state file beside the card (`runner.py`);
+    `resume` continues from it (the card is the uninterrupted run's). With `shard` under
+    `torchrun` (WORLD_SIZE > 1; `dhat eval` sets it) the attacks' batches are split across
+    the ranks and gathered; every rank returns the same card, and only rank 0's
+    `Evaluation.main` is set (it alone writes).
+    `aa_budget` shrinks AutoAttack (tests and benchmarks only; the card says so)."""
+    import os
+
+    from ..train.distributed import setup_distributed
+    from .runner import Resumable, Sharded, state_path
+
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    if shard and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        group, device = setup_distributed(str(resolve_device(cfg.device)))
+    else:
+        group, device = None, resolve_device(cfg.device)
+    main = group is None or group.main
+    if not main:
+        log, progress, check_out = None, False, False
     model, info = load_for_eval(cfg, device)
     out = default_card_path(cfg, info["checkpoint"])
     from ..train.rundir import pin_folder  # here: dhat.train imports dhat.eval (a cycle)
@@ -426,7 +476,7 @@ def run_evaluation(
             f"{data.num_classes}; pass --dataset (or --num-classes)"
         )
     eps = cfg.eps if cfg.eps is not None else (info.get("eps_default") or 8 / 255)
-    if "aa" in cfg.attacks:  # a missing AutoAttack fails before any work
+    if uses_autoattack(cfg.attacks):  # a missing AutoAttack fails before any work
         from ..attacks.autoattack import import_autoattack
 
         import_autoattack()
@@ -443,6 +493,28 @@ def run_evaluation(
     torch.manual_seed(cfg.seed)
     gap = training_images(data, run_cfg, cfg.gap_train_images) if cfg.gap_train_images else None
     records: dict[str, Any] | None = {} if cfg.records != "off" else None
+    n = min(cfg.n_test or len(data.test_y), len(data.test_y))
+    identity = {
+        "checkpoint_sha256": info["checkpoint_sha256"],
+        "weights": cfg.weights,
+        "attacks": list(cfg.attacks),
+        "images_sha256": images_sha256(data.test_x[:n], data.test_y[:n]),
+        "aa_n": min(cfg.aa_n or n, n),
+        "seed": cfg.seed,
+        "eps": eps,
+        "step_size": cfg.step_size,
+        "batch_size": cfg.batch_size,
+        "aa_budget": dict(aa_budget or {}),
+    }
+    sharded = Sharded(group.rank, group.world_size) if group is not None else None
+    state = Resumable(state_path(out), identity, resume=resume, inner=sharded, write=main)
+    if sharded is not None and log is not None:
+        log(
+            f"sharded: {sharded.world_size} processes run every attack's batches "
+            "(curves, sanity checks, robust gap and background measures on every rank)"
+        )
+    if state.resumed and log is not None:
+        log(f"resuming: {state.resumed} finished attack batches from {state.path}")
     result = evaluate_model(
         model,
         data,
@@ -465,10 +537,12 @@ def run_evaluation(
         inverse_eps=inverse_eps,
         log=log,
         records=records,
+        batches=state,
+        aa_budget=aa_budget,
     )
     card = build_card(result, info, cfg, dataset=dataset, eps=eps, seconds=time.perf_counter() - t0)
     validate_card(card)
-    return Evaluation(card, records, out, pin)
+    return Evaluation(card, records, out, pin, state, main, group)
 
 
 def write_evaluation(ev: Evaluation, cfg: EvalConfig) -> Path:
@@ -485,7 +559,10 @@ def write_evaluation(ev: Evaluation, cfg: EvalConfig) -> Path:
     png = curves_png_path(out)
     try:
         with ev.pin.write(*[p for p in (out, rpath, png) if p]):
-            return _write(card, ev.records, out, rpath, png)
+            path = _write(card, ev.records, out, rpath, png)
+        if ev.state is not None:
+            ev.state.finish()
+        return path
     except (RunSwapped, OSError) as e:  # replaced by an overwrite, or no longer writable
         why = str(e) if isinstance(e, RunSwapped) else f"could not write {out} ({e.strerror})"
         alt = fallback_path(out)
@@ -519,6 +596,8 @@ def build_card(
 
     acc = result["accuracy"]
     summary = {k: round(100 * v, 2) for k, v in acc.items()}
+    if "worst_case" in result:
+        summary["worst_case"] = round(100 * result["worst_case"]["accuracy"], 2)
     if "robust_gap" in result:
         summary["robust_gap"] = round(100 * result["robust_gap"]["gap"], 2)
     sanity = result.get("sanity", [])
@@ -558,7 +637,16 @@ def build_card(
         "summary_percent": summary,
         **{
             k: result[k]
-            for k in ("robust_gap", "autoattack", "curves", "background", "images_sha256")
+            for k in (
+                "n_images",
+                "worst_case",
+                "robust_gap",
+                "autoattack",
+                "attack_records",
+                "curves",
+                "background",
+                "images_sha256",
+            )
             if k in result
         },
         "sanity": sanity,
@@ -612,9 +700,8 @@ def estimate_seconds(
         per_image = (time.perf_counter() - t) / b
     passes = 0.0
     for name in cfg.attacks:
-        if name != "aa":
-            spec = make_attack(name, 8 / 255, 2 / 255)
-            passes += n * (1 + (spec.steps if spec is not None else 0))
+        if name != "aa":  # its passes (an upper bound for AutoAttack's single attacks)
+            passes += n * get_attack(name).cost
     passes += 11 * cfg.gap_train_images
     if cfg.curves:
         passes += (cfg.curves_n or n) * (14 * 21 + sum((1, 5, 10, 20, 50)))

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..attacks.spec import AttackSpec
+from ..attacks.registry import Context, find_attack, get_attack
 from ..modes import frozen_params, model_mode
-from .robust import correct_under
 
 DOC = "docs/sanity_checks.md"
 LARGE_EPS = 64 / 255
@@ -196,14 +195,8 @@ def check_large_eps(
     threshold: float = 0.1,
 ) -> dict:
     big = min(1.0, max(LARGE_EPS, 4 * eps))
-    torch.manual_seed(seed)
-    attack = AttackSpec("ce", 20, big, big / 4)
-    acc = (
-        correct_under(model, x, y, attack, batch_size=batch_size, device=device)
-        .float()
-        .mean()
-        .item()
-    )
+    ctx = Context(big, big / 4, seed, batch_size, device)
+    acc = get_attack("pgd20").run(model, x, y, ctx).correct.float().mean().item()
     detail = dict(eps_255=round(big * 255, 2), accuracy=acc, n=len(y), threshold=threshold)
     if acc > threshold:
         return _result(
@@ -250,12 +243,17 @@ def check_more_steps(correct10: torch.Tensor, correct50: torch.Tensor) -> dict:
     )
 
 
+def _ours(correct: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The results of dhat's own gradient attacks (the registry's 'pgd' family)."""
+    return {k: v for k, v in correct.items() if getattr(find_attack(k), "family", "") == "pgd"}
+
+
 def check_aa_vs_pgd(
     correct: dict[str, torch.Tensor], aa_robust: torch.Tensor, threshold: float = 0.05
 ) -> dict:
-    """`correct`: per-image correctness under our gradient attacks (pgdK, cwK); `aa_robust`:
-    per image robust to AutoAttack; compared on the images both were run on."""
-    ours = {k: v for k, v in correct.items() if k.startswith(("pgd", "cw"))}
+    """`correct`: per-image correctness under our gradient attacks (the 'pgd' family: pgdK,
+    cwK); `aa_robust`: per image robust to AutoAttack; compared on the images both saw."""
+    ours = _ours(correct)
     if not ours:
         return _result("aa_vs_pgd", None, "no PGD/CW result to compare AutoAttack with")
     m = min(len(aa_robust), *(len(v) for v in ours.values()))
@@ -357,17 +355,13 @@ def run_sanity_checks(
     if "pgd10" in correct and "pgd50" in correct:
         c10, c50 = correct["pgd10"], correct["pgd50"]
     else:
-        c = []
-        for steps in (10, 50):
-            torch.manual_seed(seed)
-            attack = AttackSpec("ce", steps, eps, step_size)
-            c.append(correct_under(model, xs, ys, attack, batch_size=batch_size, device=device))
-        c10, c50 = c
+        ctx = Context(eps, step_size, seed, batch_size, device)
+        c10, c50 = (get_attack(k).run(model, xs, ys, ctx).correct for k in ("pgd10", "pgd50"))
     out.append(check_more_steps(c10, c50))
     if aa_robust is None:
         out.append(_result("aa_vs_pgd", None, "AutoAttack not run (add 'aa' to --attacks)"))
     else:  # no PGD/CW asked for: compare with the PGD-10/50 just run on the first n images
-        ours = {k: v for k, v in correct.items() if k.startswith(("pgd", "cw"))}
+        ours = _ours(correct)
         out.append(check_aa_vs_pgd(ours or {"pgd10": c10, "pgd50": c50}, aa_robust))
     out.append(
         check_aa_flags(aa_warnings or [])
