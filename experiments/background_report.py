@@ -269,7 +269,7 @@ def write_report(out: Path, n_boot: int = 2000) -> dict[str, Any]:
         if len(pts) < 4:
             continue
         gap = np.array([r.card["robust_gap"]["gap"] for r in pts])
-        for m in ("bg_gap", "share_minus_null"):
+        for m in ("bg_gap", "only_fg", "only_bg", "share_minus_null"):
             val = np.array([sum(v.mean() for v in r.stat(m).values()) for r in pts])
             rr, lo, hi, n = pearson_ci(gap, val)
             summary.setdefault("correlation", {})[f"{label}: robust_gap vs {m}"] = [rr, lo, hi, n]
@@ -291,20 +291,21 @@ def plot(out: Path, runs, variants, summary) -> None:
 
     # learning curves of seed 0: train (adversarial, on the batches) and validation robust acc
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharey=True)
+    series = (
+        ("adv_acc", "train (adversarial batches)", "C0", "-"),
+        ("val_robust_acc", "validation PGD", "C1", "-"),
+        ("val_clean_acc", "validation clean", "C2", "--"),
+    )
     for ax, v in zip(axes.flat, [v for v in variants if not v.startswith("pgd_at_rho")]):
         run = runs[v].get(0) or next(iter(runs[v].values()))
         log = run.card["log"]
         ep = [e["epoch"] for e in log]
-        for key, lab in (
-            ("adv_acc", "train (adversarial batches)"),
-            ("val_robust_acc", "validation PGD"),
-        ):
+        for key, lab, colour, style in series:
             if all(key in e for e in log):
-                ax.plot(ep, [e[key] for e in log], label=lab)
-        ax.plot(ep, [e["val_clean_acc"] for e in log], label="validation clean", ls="--")
-        ax.set_title(v)
+                ax.plot(ep, [e[key] for e in log], label=lab, color=colour, ls=style)
+        ax.set_title(f"{v} (seed {run.card['seed']})")
         ax.set_xlabel("epoch")
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=90)
     plt.close(fig)
