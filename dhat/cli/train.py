@@ -194,7 +194,7 @@ def run(ns: argparse.Namespace) -> None:
     best = out / "best.pt"
     if ns.no_eval or not best.is_file():
         return
-    print(f"quick evaluation of {best.name} ({QUICK_N} images per split):")
+    print(f"quick evaluation of {best.name} (up to {QUICK_N} images per split):")
     card = evaluate_checkpoint(quick_eval_config(best, cfg), progress=cfg.progress)
     print(smoke_summary(card, read_log(out / "log.jsonl")))
     print(f"result card (every number): {card['path']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import UserError
 from ..schema import AT_LEAST_1, NONNEG, SEED, THREADS, UNIT, Where, coerce, option, specs
@@ -77,6 +78,11 @@ class EvalConfig:
         None, "inverse images for the attention IoU (default: the run's ε_inv)", budget=True
     )
     threads: int = option(0, "CPU threads for torch (0 = torch's default)", range=THREADS)
+    amp: Literal["off", "bf16"] = option(
+        "off",
+        "bf16: the forward and the attacks under bf16 autocast (inputs and perturbations stay "
+        "fp32), checked against fp32 on --sanity-n images (sanity check amp_vs_fp32)",
+    )
     records: str | None = option(
         None,
         "per-image records .npz (default: <card>.records.npz beside the card; 'off' = none)",

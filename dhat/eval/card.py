@@ -86,6 +86,11 @@ def validate_card(card: dict[str, Any], where: str = "result card") -> dict[str,
             bad("AutoAttack ran but its sanity checks aa_vs_pgd / aa_flags did not see it")
     elif card.get("n_aa") is not None or "autoattack" in card:
         bad("an autoattack record without an 'aa' accuracy")
+    amp = card.get("amp", "off")  # cards before --amp have none: fp32
+    if amp not in ("off", "bf16") or amp != card.get("eval_config", {}).get("amp", "off"):
+        bad(f"amp '{amp}' is not 'off' or 'bf16', or differs from its eval_config.amp")
+    if amp != "off" and sanity and sanity.get("amp_vs_fp32", {}).get("status") in (None, "skipped"):
+        bad(f"evaluated in {amp} but the sanity check amp_vs_fp32 did not compare it with fp32")
     failed = [c for c, r in sanity.items() if r.get("status") == "warn"]
     if sorted(card.get("sanity_failed", [])) != sorted(failed):
         bad("sanity_failed does not list the failed checks")
@@ -277,7 +282,9 @@ def format_card(card: dict[str, Any]) -> str:
     aa = f", AA on {card['n_aa']}" if card.get("n_aa") else ""
     head = (
         f"{card['model']} / {card['method']} on {card['dataset']} ({card['n_test']} test images"
-        f"{aa}, eps {card['eps_255']}/255)"
+        f"{aa}, eps {card['eps_255']}/255"
+        + (f", {card['amp']} autocast" if card.get("amp", "off") != "off" else "")
+        + ")"
     )
     lines = [head] + [f"  {k:<{w}}  {v}" for k, v in rows]
     if "curves" in card:

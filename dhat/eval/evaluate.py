@@ -86,6 +86,29 @@ def attack_settings(attacks, eps: float, step_size: float) -> dict[str, str]:
     return {name: describe(name, eps, step_size) for name in attacks}
 
 
+class Autocast(torch.nn.Module):
+    """`inner` run under `torch.autocast(device_type, bfloat16)`, its logits returned as fp32:
+    every forward and backward through it (the attacks' included) computes in bf16 where
+    autocast does, while inputs, perturbations and projections stay fp32 outside it."""
+
+    def __init__(self, inner: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.inner, self.device_type = inner, device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
+def with_amp(model: torch.nn.Module, amp: str, device) -> torch.nn.Module:
+    """`model` itself for amp "off", else wrapped in `Autocast` on `device`'s type."""
+    if amp == "off":
+        return model
+    if amp != "bf16":
+        raise UserError(f"amp must be 'off' or 'bf16', got '{amp}'")
+    return Autocast(model, torch.device(device).type)
+
+
 def evaluate_model(
     model,
     data: DataBundle,
@@ -111,6 +134,7 @@ def evaluate_model(
     records: dict[str, Any] | None = None,
     batches: Batches = local_batches,
     aa_budget: dict[str, int] | None = None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Accuracy (fraction) under each named attack (`dhat.attacks.registry`) on the first
     `n_test` test images (AutoAttack's, "aa" and its single attacks, on the first `aa_n`,
@@ -122,10 +146,12 @@ def evaluate_model(
     With `records` (a dict), the per-image values behind every number are added to it
     (`records.py` names them), and the result's "images_sha256" identifies each image set.
     `batches` runs each attack's batches (a resumable or sharded runner); `aa_budget`
-    ({"n_iter", "n_queries"}) shrinks AutoAttack for tests."""
+    ({"n_iter", "n_queries"}) shrinks AutoAttack for tests. `amp` "bf16" runs every forward
+    and attack under bf16 autocast (`Autocast`); the sanity checks then add amp_vs_fp32."""
     from .sanity import check_train_mode, run_sanity_checks
 
     mode_check = check_train_mode(model) if sanity else None  # before anything sets eval mode
+    fp32_model, model = model, with_amp(model, amp, device)
     x, y = data.test_x, data.test_y
     if n_test:
         x, y = x[:n_test], y[:n_test]
@@ -245,7 +271,9 @@ def evaluate_model(
             aa_warnings=out.get("autoattack", {}).get("warnings"),
             curves=out.get("curves"),
             train_mode=mode_check,
+            fp32_model=fp32_model if amp != "off" else None,
         )
+    out["amp"] = amp
     return out
 
 
@@ -505,6 +533,7 @@ def run_evaluation(
         "step_size": cfg.step_size,
         "batch_size": cfg.batch_size,
         "aa_budget": dict(aa_budget or {}),
+        "amp": cfg.amp,
     }
     sharded = Sharded(group.rank, group.world_size) if group is not None else None
     state = Resumable(state_path(out), identity, resume=resume, inner=sharded, write=main)
@@ -539,6 +568,7 @@ def run_evaluation(
         records=records,
         batches=state,
         aa_budget=aa_budget,
+        amp=cfg.amp,
     )
     card = build_card(result, info, cfg, dataset=dataset, eps=eps, seconds=time.perf_counter() - t0)
     validate_card(card)
@@ -613,6 +643,7 @@ def build_card(
         "eps": eps,
         "eps_255": round(eps * 255, 3),
         "step_size": cfg.step_size,
+        "amp": result.get("amp", "off"),
         **{
             k: info[k]
             for k in (

@@ -16,6 +16,8 @@ Checks on the results:
                     images, so an AutoAttack-only evaluation still has this check)
   aa_flags          AutoAttack's own checks logged a warning
   curves            accuracy rising with ε or with PGD steps
+  amp_vs_fp32       (--amp bf16 only) PGD-10 robust accuracy in bf16 differs from fp32's on
+                    the model-check images beyond sampling error (paired McNemar test, 3 σ)
 """
 
 from __future__ import annotations
@@ -293,6 +295,54 @@ def check_aa_vs_pgd(
     )
 
 
+def check_amp_vs_fp32(
+    fp32_model,
+    amp_model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float = 2 / 255,
+    batch_size: int = 256,
+    device="cpu",
+    seed: int = 0,
+) -> dict:
+    """PGD-10 with the same seed on the same images, in fp32 and under the evaluation's low
+    precision. Tolerance: a paired (McNemar) test at 3 σ on the per-image discordance: with
+    b images robust only in low precision and c only in fp32, warn when |b − c| > 3·√(b + c)
+    (so at least 10 discordant images). b > c is gradient masking by precision."""
+    ctx = Context(eps, step_size, seed, batch_size, device)
+    pgd10 = get_attack("pgd10")
+    full = pgd10.run(fp32_model, x, y, ctx).correct.bool().cpu()
+    low = pgd10.run(amp_model, x, y, ctx).correct.bool().cpu()
+    b, c = int((low & ~full).sum()), int((full & ~low).sum())
+    a32, alow = full.float().mean().item(), low.float().mean().item()
+    detail = dict(
+        fp32=a32, low_precision=alow, n=len(y), robust_only_low=b, robust_only_fp32=c,
+        rule="|b - c| > 3*sqrt(b + c) (McNemar, 3 sigma)",
+    )  # fmt: skip
+    if abs(b - c) > 3 * math.sqrt(b + c):
+        why = (
+            "low precision masks the gradients (the attack fails where fp32's succeeds); "
+            "report the fp32 evaluation (--amp off)"
+            if b > c
+            else "low precision changes the model's decisions; report the fp32 evaluation"
+        )
+        return _result(
+            "amp_vs_fp32",
+            False,
+            f"PGD-10 robust accuracy {100 * alow:.1f}% in bf16 vs {100 * a32:.1f}% in fp32 "
+            f"on {len(y)} images ({b} robust only in bf16, {c} only in fp32): {why}",
+            **detail,
+        )
+    return _result(
+        "amp_vs_fp32",
+        True,
+        f"PGD-10 {100 * alow:.1f}% in bf16 vs {100 * a32:.1f}% in fp32 (within 3 σ, paired)",
+        **detail,
+    )
+
+
 def check_aa_flags(messages: list[str]) -> dict:
     """AutoAttack's own checks (zero gradients, randomness, probabilities, Square beating the
     gradient attacks, ...), as it logs them."""
@@ -337,12 +387,14 @@ def run_sanity_checks(
     aa_warnings: list[str] | None = None,
     curves: dict | None = None,
     train_mode: dict | None = None,
+    fp32_model=None,
     warn: bool = True,
 ) -> list[dict]:
     """All checks. Model checks run on the first `n` of x (uint8 or float in [0, 1]). `correct`
     (per-image correctness from the main evaluation, by attack name) is reused for PGD-10 vs
     PGD-50 when it has both; `aa_robust` / `curves` enable those checks. `train_mode` is a
-    check_train_mode result taken earlier (before anything changed the model's mode)."""
+    check_train_mode result taken earlier (before anything changed the model's mode).
+    `fp32_model` (the fp32 model behind a low-precision `model`) adds amp_vs_fp32."""
     correct = correct or {}
     xs, ys = x[:n], y[:n]
     out = [
@@ -373,6 +425,20 @@ def run_sanity_checks(
         if curves is not None
         else _result("curves", None, "curves not computed (--curves)")
     )
+    if fp32_model is not None:
+        out.append(
+            check_amp_vs_fp32(
+                fp32_model,
+                model,
+                xs,
+                ys,
+                eps=eps,
+                step_size=step_size,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+            )
+        )
     if warn:
         for r in out:
             if r["status"] == "warn":
