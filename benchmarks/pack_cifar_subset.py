@@ -88,8 +88,10 @@ def main(argv=None) -> int:
             seed=args.seed,
             max_mib=args.max_mib,
         )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # the library's hint names dhat train's flags; this script has --root
+        msg = str(e).replace("pass --download to fetch it, or --data-root to point at it", "")
+        hint = "pass --root FOLDER of the official pickles"
+        print(f"error: {msg.rstrip('; ')} ({hint})", file=sys.stderr)
         return 2
     with np.load(out) as z:
         shapes = ", ".join(f"{k} {z[k].shape}" for k in ("train_x", "test_x"))
