@@ -296,6 +296,48 @@ class _GenerateArgs(TypedDict):
     mask_threshold: float
 
 
+def scene_seeds(name: str, seed: int, label: str, n_train: int, n_test: int) -> tuple[int, int]:
+    """Check the arguments every scene dataset shares (`label`, the sizes) and derive the
+    (training, test) generator seeds from `seed`."""
+    if label not in ("object", "scene"):
+        raise UserError(f"{name}: label must be 'object' or 'scene', got {label!r}")
+    if n_train < 0 or n_test < 0:
+        raise UserError(f"{name}: n_train and n_test must be >= 0, got {n_train}, {n_test}")
+    s_train, s_test = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+    return s_train, s_test
+
+
+def scene_bundle(
+    name: str,
+    tr: dict[str, torch.Tensor],
+    te: dict[str, dict[str, torch.Tensor]],
+    label: str,
+    class_names: list[str],
+) -> DataBundle:
+    """The DataBundle of a scene dataset from its generated training split `tr` and test-side
+    splits `te` ({split: {"images", "labels", "masks", "scene_class"}}): `test` is the bundle's
+    test split, every split is in `bundle.splits` with its scene classes, training images are
+    labelled by the scene's class with `label="scene"`, mean/std are the training split's."""
+    mean, std = channel_stats(tr["images"] if len(tr["images"]) else te["test"]["images"])
+    splits = {
+        k: Split(v["images"], v["labels"], v["masks"], v["scene_class"]) for k, v in te.items()
+    }
+    return DataBundle(
+        name,
+        tr["images"],
+        tr["scene_class"] if label == "scene" else tr["labels"],
+        te["test"]["images"],
+        te["test"]["labels"],
+        len(class_names),
+        mean,
+        std,
+        list(class_names),
+        train_masks=tr["masks"],
+        test_masks=te["test"]["masks"],
+        splits=splits,
+    )
+
+
 @register_dataset("fashion_scenes")
 def fashion_scenes(
     root: str | None = None,
@@ -324,12 +366,8 @@ def fashion_scenes(
             "fashion_scenes has no download: put Fashion-MNIST's idx .gz files and "
             "CIFAR-10's python pickles on disk (see --data-root)"
         )
-    if label not in ("object", "scene"):
-        raise UserError(f"fashion_scenes: label must be 'object' or 'scene', got {label!r}")
-    if n_train < 0 or n_test < 0:
-        raise UserError(f"fashion_scenes: n_train and n_test must be >= 0, got {n_train}, {n_test}")
+    s_train, s_test = scene_seeds("fashion_scenes", seed, label, n_train, n_test)
     fm, cf = _resolve_roots(root, fashion_root, cifar_root)
-    s_train, s_test = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
     kw = _GenerateArgs(rho=rho, scale=(scale_min, scale_max), mask_threshold=mask_threshold)
     tr_items, tr_labels = load_fashion_mnist(fm, True)
     tr_scenes, tr_scene_y, _ = load_cifar(cf, "cifar10", train=True)
@@ -341,21 +379,4 @@ def fashion_scenes(
     te = generate(
         te_items, te_labels, te_scenes, te_scene_y, n_test, seed=s_test, splits=SPLITS, **kw
     )
-    mean, std = channel_stats(tr["images"] if n_train else te["test"]["images"])
-    splits = {
-        k: Split(v["images"], v["labels"], v["masks"], v["scene_class"]) for k, v in te.items()
-    }
-    return DataBundle(
-        "fashion_scenes",
-        tr["images"],
-        tr["scene_class"] if label == "scene" else tr["labels"],
-        te["test"]["images"],
-        te["test"]["labels"],
-        NUM_CLASSES,
-        mean,
-        std,
-        list(CLASS_NAMES),
-        train_masks=tr["masks"],
-        test_masks=te["test"]["masks"],
-        splits=splits,
-    )
+    return scene_bundle("fashion_scenes", tr, te, label, list(CLASS_NAMES))

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .datasets import DataBundle, Split, register_dataset
-from .shapes import CLASS_NAMES, NUM_CLASSES, _hsv_to_rgb, _shape_mask, _texture, channel_stats
+from .datasets import DataBundle, register_dataset
+from .fashion_scenes import scene_bundle, scene_seeds
+from .shapes import CLASS_NAMES, NUM_CLASSES, _hsv_to_rgb, _shape_mask, _texture
 
 SPLITS = ("test", "mixed_same", "mixed_rand", "only_fg", "only_bg")
 SIZE = 32
@@ -217,31 +218,10 @@ def toy_scenes(
     test-side split. The bundle's test split is `test` (drawn like training); the others are
     in `bundle.splits`. `label="scene"` labels the training images by their scene's class (the
     scene-only calibration model). `root` and `download` are unused (nothing is read)."""
-    if label not in ("object", "scene"):
-        raise UserError(f"toy_scenes: label must be 'object' or 'scene', got {label!r}")
-    if n_train < 0 or n_test < 0:
-        raise UserError(f"toy_scenes: n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    s_train, s_test = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+    s_train, s_test = scene_seeds("toy_scenes", seed, label, n_train, n_test)
     r_range = (r_min, r_max)
     tr = generate(
         n_train, seed=s_train, rho=rho, r_range=r_range, bg_contrast=bg_contrast, splits=("train",)
     )["train"]
     te = generate(n_test, seed=s_test, rho=rho, r_range=r_range, bg_contrast=bg_contrast)
-    mean, std = channel_stats(tr["images"] if n_train else te["test"]["images"])
-    splits = {
-        k: Split(v["images"], v["labels"], v["masks"], v["scene_class"]) for k, v in te.items()
-    }
-    return DataBundle(
-        "toy_scenes",
-        tr["images"],
-        tr["scene_class"] if label == "scene" else tr["labels"],
-        te["test"]["images"],
-        te["test"]["labels"],
-        NUM_CLASSES,
-        mean,
-        std,
-        list(CLASS_NAMES),
-        train_masks=tr["masks"],
-        test_masks=te["test"]["masks"],
-        splits=splits,
-    )
+    return scene_bundle("toy_scenes", tr, te, label, list(CLASS_NAMES))
