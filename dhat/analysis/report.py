@@ -310,6 +310,29 @@ def _ci_text(cell: dict[str, Any], column: str) -> str:
     return f"[{lo:.{d}f}, {hi:.{d}f}]"
 
 
+def _cell_texts(
+    row: Sequence[dict[str, Any] | None],
+    columns: Sequence[str],
+    intervals: bool,
+    missing: str,
+    bold: str,
+    ci: str,
+) -> list[str]:
+    """One table row's cells as text: `missing` for an absent value, the value with its
+    image count where the cards differ, wrapped in the `bold` template when it is the best
+    and followed by its interval in the `ci` template with `intervals`."""
+    out = []
+    for c, cell in zip(columns, row):
+        if cell is None:
+            out.append(missing)
+            continue
+        s = cell["text"] + (f" ({cell['n']})" if cell["n"] is not None else "")
+        s = bold.format(s) if cell["bold"] else s
+        text = _ci_text(cell, c) if intervals else ""
+        out.append(f"{s} {ci.format(text)}" if text else s)
+    return out
+
+
 def markdown_table(
     rows: Sequence[tuple[str, dict[str, Any]]],
     columns: Sequence[str] = DEFAULT_COLUMNS,
@@ -327,15 +350,7 @@ def markdown_table(
     head = [t + (f" (n={n})" if n else "") for t, n in heads]
     lines = ["| Method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(columns)]
     for (label, card), row in zip(rows, cells):
-        out = []
-        for c, cell in zip(columns, row):
-            if cell is None:
-                out.append("–")
-                continue
-            s = cell["text"] + (f" ({cell['n']})" if cell["n"] is not None else "")
-            s = f"**{s}**" if cell["bold"] else s
-            ci = _ci_text(cell, c) if intervals else ""
-            out.append(f"{s} {ci}" if ci else s)
+        out = _cell_texts(row, columns, intervals, "–", "**{}**", "{}")
         mark = " †" if card.get("sanity_failed") else ""
         lines.append(f"| {label}{mark} | " + " | ".join(out) + " |")
     if notes:
@@ -432,15 +447,7 @@ def latex_table(
         "\\midrule",
     ]
     for (label, card), row in zip(rows, cells):
-        out = []
-        for c, cell in zip(columns, row):
-            if cell is None:
-                out.append("--")
-                continue
-            s = cell["text"] + (f" ({cell['n']})" if cell["n"] is not None else "")
-            s = f"\\textbf{{{s}}}" if cell["bold"] else s
-            ci = _ci_text(cell, c) if intervals else ""
-            out.append(f"{s} {{\\scriptsize {ci}}}" if ci else s)
+        out = _cell_texts(row, columns, intervals, "--", "\\textbf{{{}}}", "{{\\scriptsize {}}}")
         mark = " $^\\dagger$" if card.get("sanity_failed") else ""
         lines.append(f"{latex_escape(label)}{mark} & " + " & ".join(out) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
