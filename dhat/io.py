@@ -54,6 +54,24 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def write_obstacle(path: str | Path) -> tuple[Path, str | None]:
+    """The nearest existing folder above `path` and what stops a file being written there:
+    "file" (that ancestor is a file), "unwritable" (a probe file cannot be created), or None."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return folder, "file"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dhat-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError:
+        return folder, "unwritable"
+    return folder, None
+
+
 def check_output_path(
     path: str | Path,
     inputs: Iterable[str | Path | None] = (),
@@ -86,20 +104,14 @@ def check_output_path(
                 "destroy it: name another file"
             )
     if writable:
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
+        folder, problem = write_obstacle(path)
+        if problem == "file":
             raise UserError(f"cannot write {flag} {path}: {folder} is a file, not a folder")
-        try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dhat-write-test.")
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError:
+        if problem == "unwritable":
             raise UserError(
                 f"cannot write {flag} {path}: {folder} is not writable; pass {flag} PATH "
                 "somewhere writable"
-            ) from None
+            )
     return path
 
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from ..attacks.registry import find_attack
 from ..errors import UserError
-from ..io import write_json
+from ..io import write_json, write_obstacle
 
 SCHEMA = "dhat-result-v1"
 
@@ -180,27 +180,17 @@ def save_card(card: dict[str, Any], path: str | Path) -> Path:
 
 def check_writable(path: str | Path) -> None:
     """A one-line UserError now, before any attack, if the card could not be written there."""
-    import os
-    import tempfile
-
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; name a .json file")
-    probe_dir = folder
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
+    probe_dir, problem = write_obstacle(path)
+    if problem == "file":
         raise UserError(f"cannot write {path}: {probe_dir} is a file, not a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=probe_dir, prefix=".dhat-write-test.")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError:
+    if problem == "unwritable":
         raise UserError(
             f"cannot write the result card to {path} ({probe_dir} is not writable); "
             "pass --out PATH somewhere writable"
-        ) from None
+        )
 
 
 def card_label(card: dict[str, Any]) -> str:
