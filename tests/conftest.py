@@ -1,3 +1,4 @@
+import hashlib
 import os
 from pathlib import Path
 
@@ -252,3 +253,44 @@ def make_checkpoint(
         },
     )
     return path
+
+
+# --- shared by the run-directory, hostile-input and config tests ----------------------------
+FAST = [*TINY, "--train-subset", "80", "--val-size", "16"]
+
+
+def train_fast(out, *extra, method="standard"):
+    """`dhat train` of the FAST tiny run into `out` (no quick evaluation); its exit status."""
+    from dhat.cli import main
+
+    return main(["train", *FAST, "--method", method, "--out-dir", str(out), "--no-eval", *extra])
+
+
+def one_line(text: str) -> str:
+    """The single line of an error output (fails on several lines or a traceback)."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (links: their target path), by relative path."""
+    return {
+        str(p.relative_to(folder)): (
+            "-> " + os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+        )
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Any data loading fails the test: a bad value must stop the run before data is read."""
+
+    def boom(*a, **k):
+        raise AssertionError("data was loaded before the configuration was valid")
+
+    import dhat.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "load_dataset", boom)

@@ -87,18 +87,6 @@ def test_one_number_parser():
         parse_budget("8")  # the same meaning everywhere: not silently 8/255
 
 
-@pytest.fixture
-def no_data(monkeypatch):
-    """Any data loading fails the test: validation must happen before it."""
-
-    def boom(*a, **k):
-        raise AssertionError("data was loaded before the configuration was valid")
-
-    import dhat.train.trainer as trainer
-
-    monkeypatch.setattr(trainer, "load_dataset", boom)
-
-
 def train(tmp_path, *args):
     return main(["train", *TINY, "--out-dir", str(tmp_path / "run"), "--no-eval", *args])
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, make_checkpoint
+from conftest import TINY, make_checkpoint, one_line
 
 import dhat
 from dhat.cli import main
@@ -45,26 +45,8 @@ EVAL = [
 ]
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def no_data(monkeypatch):
-    """Fails the test if the trainer reads any data (a bad value must stop the run before)."""
-
-    def boom(*a, **k):
-        raise AssertionError("data was loaded before the configuration was valid")
-
-    import dhat.train.trainer as trainer
-
-    monkeypatch.setattr(trainer, "load_dataset", boom)
 
 
 def train(tmp_path, *args):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -36,7 +35,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_checkpoint
+from conftest import FAST, digest, make_checkpoint, one_line
+from conftest import train_fast as train
 
 import dhat.eval.evaluate as evaluate_mod
 from dhat.checkpoint import read_checkpoint
@@ -50,7 +50,6 @@ from dhat.train.schedule import piecewise_lr
 
 TESTS = Path(__file__).resolve().parent
 # TINY on 64 training images (2 steps per epoch) and 16 validation images
-FAST = [*TINY, "--train-subset", "80", "--val-size", "16"]
 EVAL = [
     "--attacks",
     "clean",
@@ -68,25 +67,6 @@ EVAL = [
 
 
 # --- helpers ---------------------------------------------------------------------------
-def train(out, *extra, method="standard"):
-    return main(["train", *FAST, "--method", method, "--out-dir", str(out), "--no-eval", *extra])
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder`, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def log_records(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
 

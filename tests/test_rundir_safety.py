@@ -10,7 +10,6 @@ faults are injected by wrapping the functions the trainer calls.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import digest, one_line
+from conftest import train_fast as train
 
 import dhat.io
 import dhat.train.trainer as trainer_mod
 from dhat.checkpoint import read_checkpoint
-from dhat.cli import main
 from dhat.errors import UserError
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
@@ -41,29 +40,6 @@ from dhat.train.rundir import (
     staging_dir,
     swap_in,
 )
-
-FAST = [*TINY, "--train-subset", "80", "--val-size", "16"]
-
-
-def train(out, *extra, method="standard"):
-    return main(["train", *FAST, "--method", method, "--out-dir", str(out), "--no-eval", *extra])
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` (links: their target path), by relative path."""
-    return {
-        str(p.relative_to(folder)): (
-            "-> " + os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
-        )
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() or p.is_symlink()
-    }
 
 
 def log_records(run: Path) -> list[dict]:
