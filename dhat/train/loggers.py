@@ -16,6 +16,7 @@ TensorBoard writes into `<run>/tensorboard`; W&B and MLflow go where their own s
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import math
 import os
@@ -58,16 +59,18 @@ def scalars(record: dict[str, Any], prefix: str) -> dict[str, float]:
     return out
 
 
-class Logger:
-    """One tracker: `log(values, step)` with values {tag: float}; `close()` at the end."""
+class Logger(abc.ABC):
+    """One tracker: `log(values, step)` with values {tag: float}; `close()` at the end. A
+    subclass that forgets `log` fails when it is built."""
 
+    @abc.abstractmethod
     def log(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """Record `values` ({tag: float}) at optimizer step `step`."""
 
-    def move(self, run_dir: Path) -> None:
+    def move(self, run_dir: Path) -> None:  # noqa: B027 (optional hook: most trackers ignore a move)
         """The run directory is about to be renamed to `run_dir` (a no-op by default)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
         """Flush and release the tracker (a no-op by default)."""
 
 
