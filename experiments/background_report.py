@@ -99,12 +99,11 @@ class Run:
     def __init__(self, card: dict[str, Any], path: Path):
         self.card, self.path = card, path
         self.records = card_records(card, path)
+        self._zero = {k: np.zeros_like(v, dtype=np.float64) for k, v in self.records.items()}
 
     def stat(self, measure: str) -> dict[str, np.ndarray]:
         """The per-image statistic of one run (against a zero model: paired_values with B = 0)."""
-        terms = MEASURES[measure][0]
-        zero = {k: np.zeros_like(v, dtype=np.float64) for k, v in self.records.items()}
-        return paired_values(self.card, self.records, self.card, zero, terms)
+        return paired_values(self.card, self.records, self.card, self._zero, MEASURES[measure][0])
 
 
 def load(out: Path) -> dict[str, dict[int, Run]]:

@@ -180,3 +180,14 @@ def test_paired_values_need_the_same_images(tmp_path):
     assert d["test"].tolist() == [1.0, 0.0, 0.0]
     with pytest.raises(UserError, match="same images"):
         paired_values(a, card_records(a), c, card_records(c), [(1, "test|clean")])
+
+
+def test_an_interval_over_images_where_a_measure_is_undefined_skips_them():
+    from dhat.eval.background import bootstrap_indices, mean_ci
+
+    v = torch.tensor([1.0, float("nan"), 3.0, float("nan"), 5.0])
+    r = mean_ci(v, bootstrap_indices(5, 400, 0))
+    assert r["value"] == 3.0  # the mean of the defined images, by hand
+    assert 1.0 <= r["ci"][0] <= 3.0 <= r["ci"][1] <= 5.0
+    undefined = mean_ci(torch.full((3,), float("nan")), bootstrap_indices(3, 10, 0))
+    assert np.isnan(undefined["value"]) and np.isnan(undefined["ci"]).all()

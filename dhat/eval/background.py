@@ -61,11 +61,13 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
 def mean_ci(values: torch.Tensor, idx: torch.Tensor) -> dict[str, Any]:
     """{"value": mean, "ci": [2.5 %, 97.5 %]} of the bootstrap means of (N,) `values`."""
     v = values.double()
-    if v.isnan().any():  # a measure undefined on some images (no scene): over the others
-        keep = ~v.isnan()
-        v, idx = v[keep], idx[:, : int(keep.sum())] % max(int(keep.sum()), 1)
-    if len(v) == 0:
+    if len(v) == 0 or v.isnan().all():
         return {"value": float("nan"), "ci": [float("nan"), float("nan")]}
+    if v.isnan().any():  # a measure undefined on some images (no scene): the same resamples,
+        means = v[idx].nanmean(1)  # each averaged over its defined images
+        means = means[~means.isnan()]
+        lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        return {"value": v.nanmean().item(), "ci": [lo, hi]}
     means = v[idx].mean(1)
     lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return {"value": v.mean().item(), "ci": [lo, hi]}
