@@ -90,6 +90,33 @@ def _shape_mask(k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     raise ValueError(k)
 
 
+def shape_masks(
+    labels: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    theta: np.ndarray,
+    r: np.ndarray,
+    gx: np.ndarray,
+    gy: np.ndarray,
+) -> np.ndarray:
+    """(m, H, W) bool masks of shapes of classes `labels` (m,), centred at (`cx`, `cy`),
+    rotated by `theta`, of radius `r`, on the pixel-centre grids `gx` (1, 1, W), `gy` (1, H, 1)."""
+    out = np.zeros((len(labels), gy.shape[-2], gx.shape[-1]), bool)
+    for k in range(NUM_CLASSES):
+        idx = np.nonzero(labels == k)[0]
+        if len(idx) == 0:
+            continue
+        dx, dy = gx - _as_col(cx[idx]), gy - _as_col(cy[idx])
+        c, s, rr = _as_col(np.cos(theta[idx])), _as_col(np.sin(theta[idx])), _as_col(r[idx])
+        out[idx] = _shape_mask(k, (c * dx + s * dy) / rr, (s * dx - c * dy) / rr)
+    return out
+
+
+def _as_col(v: np.ndarray) -> np.ndarray:
+    """(m,) -> (m, 1, 1) float32."""
+    return v.astype(np.float32).reshape(-1, 1, 1)
+
+
 def _texture(
     t: int,
     x: np.ndarray,
@@ -266,23 +293,12 @@ def generate_shapes(
     coords = np.arange(size, dtype=np.float32) + 0.5
     gx, gy = coords[None, None, :], coords[None, :, None]  # (1,1,S), (1,S,1) pixel centres
     xs, ys = np.broadcast_to(gx, (1, size, size)), np.broadcast_to(gy, (1, size, size))
-    col = lambda v: v.astype(np.float32).reshape(-1, *([1] * 2))  # (m,) -> (m,1,1)  # noqa: E731
 
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
         sl = slice(lo, hi)
         lab, bgt = labels[sl], bg_type[sl]
-        mask = np.zeros((hi - lo, size, size), bool)
-        for k in range(NUM_CLASSES):
-            idx = np.nonzero(lab == k)[0]
-            if len(idx) == 0:
-                continue
-            j = idx + lo
-            dx, dy = gx - col(cx[j]), gy - col(cy[j])
-            c, s, rr = col(np.cos(theta[j])), col(np.sin(theta[j])), col(r[j])
-            a = (c * dx + s * dy) / rr
-            b = (s * dx - c * dy) / rr
-            mask[idx] = _shape_mask(k, a, b)
+        mask = shape_masks(lab, cx[sl], cy[sl], theta[sl], r[sl], gx, gy)
         if background == "cifar10":
             assert bg_index is not None  # drawn above for cifar10 backgrounds
             bg = pool_np[bg_index[sl]]
@@ -298,9 +314,9 @@ def generate_shapes(
                         t,
                         xs,
                         ys,
-                        col(period[j]),
+                        _as_col(period[j]),
                         phase[j].astype(np.float32)[:, :, None, None],
-                        col(angle[j]),
+                        _as_col(angle[j]),
                         centre[j].astype(np.float32)[:, :, None, None],
                         noise[noise_row[j]] if t == 6 else None,
                         size,

@@ -35,7 +35,7 @@ import torch
 from ..errors import UserError
 from .datasets import DataBundle, register_dataset
 from .fashion_scenes import scene_bundle, scene_seeds
-from .shapes import CLASS_NAMES, NUM_CLASSES, _hsv_to_rgb, _shape_mask, _texture
+from .shapes import CLASS_NAMES, NUM_CLASSES, _as_col, _hsv_to_rgb, _texture, shape_masks
 
 SPLITS = ("test", "mixed_same", "mixed_rand", "only_fg", "only_bg")
 SIZE = 32
@@ -96,10 +96,6 @@ def _scene_params(rng: np.random.Generator, fg: np.ndarray, contrast: float) -> 
     )
 
 
-def _col(v: np.ndarray) -> np.ndarray:
-    return v.astype(np.float32).reshape(-1, 1, 1)
-
-
 def _paint_scenes(kind: np.ndarray, p: dict, sl: slice) -> np.ndarray:
     """Scenes (m, 3, S, S) uint8 of texture types kind (m,) with the parameters p[sl]."""
     m = len(kind)
@@ -118,9 +114,9 @@ def _paint_scenes(kind: np.ndarray, p: dict, sl: slice) -> np.ndarray:
             t,
             xs,
             ys,
-            _col(p["period"][j]),
+            _as_col(p["period"][j]),
             p["phase"][j][:, :, None, None],
-            _col(p["angle"][j]),
+            _as_col(p["angle"][j]),
             p["centre"][j][:, :, None, None],
             noise[idx],
             SIZE,
@@ -171,15 +167,7 @@ def generate(
     masks = np.empty((n, SIZE, SIZE), bool)
     for a in range(0, n, _CHUNK):
         b = min(n, a + _CHUNK)
-        lab = labels[a:b]
-        for k in range(NUM_CLASSES):
-            idx = np.nonzero(lab == k)[0]
-            if len(idx) == 0:
-                continue
-            j = idx + a
-            dx, dy = gx - _col(cx[j]), gy - _col(cy[j])
-            c, s, rr = _col(np.cos(theta[j])), _col(np.sin(theta[j])), _col(r[j])
-            masks[j] = _shape_mask(k, (c * dx + s * dy) / rr, (s * dx - c * dy) / rr)
+        masks[a:b] = shape_masks(labels[a:b], cx[a:b], cy[a:b], theta[a:b], r[a:b], gx, gy)
     out = {}
     for name in splits:
         images = np.zeros((n, 3, SIZE, SIZE), np.uint8)
