@@ -64,8 +64,8 @@ from dhat.errors import UserError  # noqa: E402
 from dhat.eval.robust import correct_under  # noqa: E402
 from dhat.methods import RunInfo, create_method, list_methods  # noqa: E402
 from dhat.models import create_model  # noqa: E402
+from dhat.rundir import read_log  # noqa: E402
 from dhat.train import method_args, train  # noqa: E402
-from dhat.train.rundir import read_log  # noqa: E402
 
 PARTS = ("amp", "syncs", "step_time", "eval_speed", "training")
 SHARES = {"amp": 0.15, "syncs": 0.05, "step_time": 0.45, "eval_speed": 0.15, "training": 0.20}

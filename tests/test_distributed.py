@@ -23,8 +23,8 @@ from dhat.checkpoint import read_checkpoint
 from dhat.config import PRESETS, build_train_config
 from dhat.config.presets import PRESET_WITH_AUX
 from dhat.data import BatchLoader
+from dhat.distributed import Dist, reduce_sums, shard, split_batch
 from dhat.errors import UserError
-from dhat.train.distributed import Dist, reduce_sums, shard, split_batch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 BN_FREE = {"model_args": {"width": 4, "norm": "none"}}

@@ -45,7 +45,7 @@ from dhat.errors import UserError
 from dhat.eval.card import SCHEMA, read_card, save_card
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
-from dhat.train.rundir import MANIFEST, RunLock, old_dir, staging_dir
+from dhat.rundir import MANIFEST, RunLock, old_dir, staging_dir
 from dhat.train.schedule import piecewise_lr
 
 TESTS = Path(__file__).resolve().parent

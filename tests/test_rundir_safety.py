@@ -26,12 +26,12 @@ from conftest import train_fast as train
 
 import dhat.io
 import dhat.train.trainer as trainer_mod
+from dhat import rundir
 from dhat.checkpoint import read_checkpoint
 from dhat.errors import UserError
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
-from dhat.train import rundir
-from dhat.train.rundir import (
+from dhat.rundir import (
     MANIFEST,
     RunLock,
     RunSwapped,

@@ -192,7 +192,7 @@ def test_smoke_compare_at_a_tiny_size_writes_three_cards_a_table_and_a_png(tmp_p
     assert out["png"].read_bytes()[:8] == PNG_SIGNATURE
     assert len(lines) == 6 and lines[0].startswith("[1/3] pgd_at")
     # a real card's summary has every labelled line (the log is the run's)
-    from dhat.train.rundir import read_log
+    from dhat.rundir import read_log
 
     card = cards[2]
     log = read_log(out["cards"][2].parent / "log.jsonl")

@@ -12,7 +12,7 @@ from dhat.cli import main
 from dhat.errors import UserError
 from dhat.methods import register_method
 from dhat.methods.standard import Standard
-from dhat.train.rundir import MANIFEST
+from dhat.rundir import MANIFEST
 from dhat.train.schedule import piecewise_lr
 
 

@@ -100,10 +100,10 @@ def check_outputs(cfg: EvalConfig) -> None:
 
 
 def run(ns: argparse.Namespace) -> None:
+    from ..distributed import cleanup_distributed
     from ..eval import format_card
     from ..eval.evaluate import run_evaluation, write_evaluation
     from ..eval.sanity import SanityWarning
-    from ..train.distributed import cleanup_distributed
 
     cfg = config_from_args(ns)
     check_outputs(cfg)

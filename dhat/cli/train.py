@@ -175,10 +175,10 @@ def unknown_option_error(arg: str, method: str) -> UserError:
 
 def run(ns: argparse.Namespace) -> None:
     from ..analysis.smoke import quick_eval_config, smoke_summary
+    from ..distributed import is_main_process
     from ..eval import evaluate_checkpoint
+    from ..rundir import read_log
     from ..train import train
-    from ..train.distributed import is_main_process
-    from ..train.rundir import read_log
 
     if ns.preset in COMPARISONS:
         run_comparison_preset(ns)

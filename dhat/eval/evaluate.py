@@ -416,10 +416,10 @@ class Evaluation:
     card: dict[str, Any]
     records: dict[str, Any] | None
     out: Path
-    pin: Any  # dhat.train.rundir.FolderPin
+    pin: Any  # dhat.rundir.FolderPin
     state: Any = None  # runner.Resumable: removed once the card is written
     main: bool = True  # rank 0 (or a single process): the one that writes
-    group: Any = None  # dhat.train.distributed.Dist of a sharded evaluation
+    group: Any = None  # dhat.distributed.Dist of a sharded evaluation
 
 
 def evaluate_checkpoint(
@@ -437,7 +437,7 @@ def evaluate_checkpoint(
     before a long evaluation."""
     ev = run_evaluation(cfg, progress, log, check_out=write if check_out is None else check_out)
     if ev.group is not None:
-        from ..train.distributed import cleanup_distributed
+        from ..distributed import cleanup_distributed
 
         cleanup_distributed(ev.group)
     if write and ev.main:
@@ -467,7 +467,7 @@ def run_evaluation(
     `aa_budget` shrinks AutoAttack (tests and benchmarks only; the card says so)."""
     import os
 
-    from ..train.distributed import setup_distributed
+    from ..distributed import setup_distributed
     from .runner import Resumable, Sharded, state_path
 
     t0 = time.perf_counter()
@@ -482,7 +482,7 @@ def run_evaluation(
         log, progress, check_out = None, False, False
     model, info = load_for_eval(cfg, device)
     out = default_card_path(cfg, info["checkpoint"])
-    from ..train.rundir import pin_folder  # here: dhat.train imports dhat.eval (a cycle)
+    from ..rundir import pin_folder  # here: dhat.train imports dhat.eval (a cycle)
 
     pin = pin_folder(out)  # a card is never written into a run an overwrite replaced since
     if check_out:
@@ -582,7 +582,7 @@ def write_evaluation(ev: Evaluation, cfg: EvalConfig) -> Path:
     a warning) instead of being lost. Returns the card's path."""
     import warnings
 
-    from ..train.rundir import RunSwapped  # here: dhat.train imports dhat.eval (a cycle)
+    from ..rundir import RunSwapped  # here: dhat.train imports dhat.eval (a cycle)
 
     card, out = ev.card, ev.out
     rpath = Path(cfg.records) if cfg.records else records_path(out)

@@ -93,9 +93,18 @@ class Method(abc.ABC):
     def ce(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """The training cross-entropy, with the run's label smoothing (`--label-smoothing`)."""
         s = getattr(getattr(self, "info", None), "label_smoothing", 0.0)
-        if s:
-            return F.cross_entropy(logits, y, reduction=reduction, label_smoothing=s)
-        return F.cross_entropy(logits, y, reduction=reduction)
+        return smoothed_ce(logits, y, s, reduction)
+
+
+def smoothed_ce(
+    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits (B, K) against labels (B,) or probabilities (B, K), smoothed by
+    `label_smoothing` S (targets (1 − S)·t + S/K). S = 0 calls `F.cross_entropy` without the
+    argument, so an unsmoothed run is the official codes' exact call."""
+    if label_smoothing:
+        return F.cross_entropy(logits, y, reduction=reduction, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, y, reduction=reduction)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..attacks import pgd
+from ..attacks.pgd import Init
 from ..schema import NONNEG, UNIT, option
 from .standard import Adversarial
 
@@ -81,19 +81,11 @@ class ClassWise(Adversarial):
             return self.eps
         return class_eps(self.train_class_acc, self.eps, self.ccm_lambda)[y]
 
-    def adversarial(self, model, batch):
+    def adversarial(self, model, batch, init: Init = "uniform", eps=None):
         """x̂ = PGD on CE, uniform start in ±ε_{y_i}, projection on ε_{y_i}, BN in `bn_mode`
         (attack.py:33-72; the step size stays α)."""
-        return pgd(
-            model,
-            batch.x,
-            batch.y,
-            eps=self.sample_eps(batch.y),
-            step_size=self.step_size,
-            steps=self.steps,
-            loss="ce",
-            init="uniform",
-            bn_mode=self.bn_mode,
+        return super().adversarial(
+            model, batch, init, self.sample_eps(batch.y) if eps is None else eps
         )
 
     def record(self, z_adv: torch.Tensor, y: torch.Tensor) -> None:

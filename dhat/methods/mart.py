@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..attacks import pgd
 from ..attacks.pgd import Init
 from ..modes import BNMode
 from ..schema import NONNEG, option
-from .base import accuracy
+from .base import accuracy, smoothed_ce
 from .registry import register_method
 from .standard import Adversarial
 
@@ -35,11 +34,7 @@ def mart_terms(
     p_nat = F.softmax(z_nat, 1)
     top2 = p_adv.argsort(1)[:, -2:]  # mart.py:44-46: top-2 unless top-1 is wrong
     y_wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    ce = (
-        F.cross_entropy(z_adv, y, label_smoothing=label_smoothing)
-        if label_smoothing
-        else F.cross_entropy(z_adv, y)
-    )
+    ce = smoothed_ce(z_adv, y, label_smoothing)
     margin = F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), y_wrong)
     kl = F.kl_div(torch.log(p_adv + 1e-12), p_nat, reduction="none").sum(1)
     p_true = p_nat.gather(1, y[:, None]).squeeze(1)
@@ -60,19 +55,7 @@ class MART(Adversarial):
     init: Init = option("gauss", "attack start: gauss (x + 0.001·N(0, I)), uniform or none")
 
     def inputs(self, model, batch):
-        return {
-            "x_adv": pgd(
-                model,
-                batch.x,
-                batch.y,
-                eps=self.eps,
-                step_size=self.step_size,
-                steps=self.steps,
-                loss="ce",
-                init=self.init,
-                bn_mode=self.bn_mode,
-            )
-        }
+        return {"x_adv": self.adversarial(model, batch, init=self.init)}
 
     def objective(self, model, batch, inputs):
         z_nat = model(batch.x)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..modes import BNMode
 from ..schema import NONNEG, UNIT, option
-from .base import accuracy
+from .base import accuracy, smoothed_ce
 from .registry import register_method
 from .standard import Adversarial
 
@@ -44,7 +44,7 @@ def soft_cross_entropy(
     """mean_i Σ_c −target_ic · log softmax(logits)_ic; with label smoothing S the target is
     (1 − S)·target + S/K, as `F.cross_entropy` smooths probability targets."""
     if label_smoothing:
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        return smoothed_ce(logits, target, label_smoothing)
     return (-F.log_softmax(logits, 1) * target).sum(1).mean()
 
 

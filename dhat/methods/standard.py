@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..attacks import pgd
+from ..attacks.pgd import Init
 from ..modes import BNMode
 from ..schema import AT_LEAST_1, option
 from .base import Method, accuracy
@@ -35,17 +36,18 @@ class Adversarial(Method):
     steps: int = option(10, "PGD steps (the run's --steps)", range=AT_LEAST_1, flag=False)
     bn_mode: BNMode = option("train", "BatchNorm mode during the attacks")
 
-    def adversarial(self, model, batch):
-        """x̂ = PGD-`steps` on CE(f(x̂), y) with a uniform start, BN in `bn_mode`."""
+    def adversarial(self, model, batch, init: Init = "uniform", eps=None):
+        """x̂ = PGD-`steps` on CE(f(x̂), y) from `init` (uniform by default), BN in `bn_mode`,
+        within `eps` (a float or per-sample (B,) tensor; default the run's ε)."""
         return pgd(
             model,
             batch.x,
             batch.y,
-            eps=self.eps,
+            eps=self.eps if eps is None else eps,
             step_size=self.step_size,
             steps=self.steps,
             loss="ce",
-            init="uniform",
+            init=init,
             bn_mode=self.bn_mode,
         )
 

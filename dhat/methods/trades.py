@@ -18,7 +18,7 @@ from ..attacks.pgd import Init
 from ..models import unwrap_parallel
 from ..modes import BNMode, model_mode
 from ..schema import NONNEG, option
-from .base import accuracy
+from .base import accuracy, smoothed_ce
 from .registry import register_method
 from .standard import Adversarial
 
@@ -34,11 +34,7 @@ def trades_terms(
     classes; z_target defaults to z_nat. Nothing is detached (as in the official code).
     `label_smoothing` applies to the CE term only."""
     z_target = z_nat if z_target is None else z_target
-    ce = (
-        F.cross_entropy(z_nat, y, reduction="none", label_smoothing=label_smoothing)
-        if label_smoothing
-        else F.cross_entropy(z_nat, y, reduction="none")
-    )
+    ce = smoothed_ce(z_nat, y, label_smoothing, "none")
     kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_target, 1), reduction="none").sum(1)
     return ce, kl
 

@@ -37,13 +37,7 @@ from ..attacks.spec import make_attack
 from ..checkpoint import CheckpointWriteError, load_model, read_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import BatchLoader, load_dataset, validation_split
-from ..errors import UserError
-from ..eval.robust import correct_under
-from ..methods import RunInfo, create_method, method_options
-from ..methods.base import RUN_WIDE
-from ..models import create_model, unwrap
-from ..modes import model_mode
-from .distributed import (
+from ..distributed import (
     all_ranks,
     all_reduce_sum,
     barrier,
@@ -55,9 +49,13 @@ from .distributed import (
     shard,
     split_batch,
 )
-from .ema import EMA
-from .loggers import TENSORBOARD_DIR, Loggers
-from .rundir import (
+from ..errors import UserError
+from ..eval.robust import correct_under
+from ..methods import RunInfo, create_method, method_options
+from ..methods.base import RUN_WIDE
+from ..models import create_model, unwrap
+from ..modes import model_mode
+from ..rundir import (
     RUN_FILES,
     RunLock,
     append_jsonl,
@@ -74,6 +72,8 @@ from .rundir import (
     swap_in,
     write_log,
 )
+from .ema import EMA
+from .loggers import TENSORBOARD_DIR, Loggers
 from .schedule import onecycle_lr, piecewise_lr
 
 # Config fields a resume may always change: they do not alter the training trajectory.

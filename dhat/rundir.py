@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from .errors import UserError
 
 MANIFEST = ".dhat-manifest"
 # The files a training writes into its run directory.
@@ -392,7 +392,7 @@ def jsonl(records: list[dict[str, Any]]) -> str:
 
 
 def write_log(path: Path, records: list[dict[str, Any]]) -> None:
-    from ..io import write_text
+    from .io import write_text
 
     write_text(path, jsonl(records))
 
