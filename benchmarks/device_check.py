@@ -55,17 +55,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_time  # noqa: E402  (it also puts the repository root on sys.path)
 
 from dhat.attacks.autoattack import import_autoattack, run_autoattack  # noqa: E402
+from dhat.attacks.robust import correct_under  # noqa: E402
 from dhat.attacks.spec import make_attack  # noqa: E402
 from dhat.cam import grad_cam  # noqa: E402
 from dhat.checkpoint import load_model  # noqa: E402
 from dhat.config import TrainConfig  # noqa: E402
 from dhat.data import Batch, BatchLoader, DataBundle, register_dataset  # noqa: E402
 from dhat.errors import UserError  # noqa: E402
-from dhat.eval.robust import correct_under  # noqa: E402
 from dhat.methods import RunInfo, create_method, list_methods  # noqa: E402
 from dhat.models import create_model  # noqa: E402
 from dhat.rundir import read_log  # noqa: E402
-from dhat.train import method_args, train  # noqa: E402
+from dhat.train import train  # noqa: E402
 
 PARTS = ("amp", "syncs", "step_time", "eval_speed", "training")
 SHARES = {"amp": 0.15, "syncs": 0.05, "step_time": 0.45, "eval_speed": 0.15, "training": 0.20}
@@ -267,7 +267,7 @@ class AsDtype(nn.Module):
 def fresh_method(name: str, *, steps: int, num_classes: int, num_train: int, device: torch.device):
     """A registered method set up as the trainer would, at epoch `EPOCH`."""
     cfg = TrainConfig(method=name, eps=EPS, step_size=STEP, steps=steps)
-    method = create_method(name, **method_args(cfg))
+    method = create_method(name, **cfg.method_kwargs())
     method.setup(
         RunInfo(num_classes=num_classes, num_train=num_train, epochs=EPOCH + 10, device=device)
     )

@@ -44,7 +44,6 @@ from dhat.config import TrainConfig  # noqa: E402
 from dhat.data import Batch  # noqa: E402
 from dhat.methods import RunInfo, create_method, list_methods  # noqa: E402
 from dhat.models import create_model  # noqa: E402
-from dhat.train.trainer import method_args  # noqa: E402
 
 CONFIGS = ("fp32", "bf16", "fp16", "channels_last", "compile")
 
@@ -133,7 +132,7 @@ def build(name: str, config: str, args, device: torch.device, base_state: dict) 
         steps=args.steps,
         method_args=options,
     )
-    method = create_method(base_name, **method_args(cfg))
+    method = create_method(base_name, **cfg.method_kwargs())
     method.setup(
         RunInfo(
             num_classes=args.num_classes,

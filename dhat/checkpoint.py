@@ -13,6 +13,7 @@ import torch
 
 from .errors import UserError
 from .io import atomic_write
+from .models import create_model
 
 FORMAT = "dhat-checkpoint-v1"
 
@@ -61,8 +62,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    from .models import create_model
-
     spec = state.get("model_spec")
     if not isinstance(spec, dict) or not {"name", "num_classes"} <= set(spec):
         raise UserError(
@@ -89,12 +88,18 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
 def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "model"):
     """The model stored in a dhat checkpoint, in eval mode. `weights` picks an extra model
     saved beside it (e.g. "fawa" for CFA's averaged weights)."""
-    state = read_checkpoint(path)
-    if weights != "model":
-        extra = state.get("extra_models", {})
-        if weights not in extra:
-            raise UserError(
-                f"{path} holds no '{weights}' weights; it has: {', '.join(['model', *extra])}"
-            )
-        state = {**state, "model": extra[weights]}
-    return model_from_state(state, device)
+    return model_from_state(select_weights(read_checkpoint(path), weights, path), device)
+
+
+def select_weights(state: dict[str, Any], weights: str, path: str | Path) -> dict[str, Any]:
+    """`state` with its "model" weights replaced by the extra model saved as `weights` in its
+    "extra_models" (e.g. "fawa", CFA's averaged weights); "model" returns `state` itself. A
+    name the checkpoint lacks is a UserError naming `path` and the weights it has."""
+    if weights == "model":
+        return state
+    extra = state.get("extra_models", {})
+    if weights not in extra:
+        raise UserError(
+            f"{path} holds no '{weights}' weights; it has: {', '.join(['model', *extra])}"
+        )
+    return {**state, "model": extra[weights]}

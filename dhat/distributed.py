@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import UserError
+
 
 @dataclass
 class Dist:
@@ -74,8 +76,6 @@ def split_batch(batch_size: int, aux_fraction: float, world_size: int) -> BatchS
     """The global batch and its generated part (round(aux_fraction · batch), 0 without
     generated data) rounded to the nearest multiples of `world_size` that leave a real and,
     with aux_fraction > 0, a generated part in every rank's slice."""
-    from .errors import UserError
-
     w = world_size
     aux = round(aux_fraction * batch_size)
     batch = batch_size if batch_size % w == 0 else _multiple(batch_size, w)

@@ -47,12 +47,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from . import __version__
 from .checkpoint import load_model, read_checkpoint
 from .config import config_hash
 from .errors import UserError, unknown_name
+from .eval.card import read_card
+from .eval.evaluate import checkpoint_cards
 from .io import atomic_write, file_sha256, write_json
+from .models.registry import model_arg_defaults
 from .models.weights import export_sidecar, load_weights_file, sidecar_path
+from .schema import format_value, parse_bool, parse_int
 
 FORMAT = "dhat-export-v1"
 ROBUSTBENCH_DATASETS = {"cifar10": 10000, "cifar100": 10000, "imagenet": 5000}  # test images
@@ -103,8 +109,6 @@ def _default_out(checkpoint: Path, weights: str) -> Path:
 
 def _meta(checkpoint: Path, state: dict[str, Any], model, weights: str) -> dict[str, Any]:
     """The sidecar's record of what was exported, from where."""
-    from . import __version__
-
     spec = state["model_spec"]
     run_cfg = state.get("config", {})
     return {
@@ -120,6 +124,7 @@ def _meta(checkpoint: Path, state: dict[str, Any], model, weights: str) -> dict[
         "source_checkpoint": str(checkpoint),
         "epoch": None if state.get("epoch") is None else state["epoch"] + 1,  # as log.jsonl
         "method": state.get("method"),
+        "method_options": state.get("method_options", {}),  # the run's resolved options
         "dataset": run_cfg.get("dataset"),
         "eps": run_cfg.get("eps"),
         "config_hash": config_hash(run_cfg) if run_cfg else None,
@@ -137,8 +142,6 @@ def export_checkpoint(
 ) -> tuple[Path, Path]:
     """Write `out` (.safetensors) and its sidecar `out.with_suffix('.json')`; return both paths.
     Existing files are replaced only with `force`, and a sidecar only if `dhat export` wrote it."""
-    from safetensors.torch import save_file
-
     checkpoint = Path(checkpoint)
     state = read_checkpoint(checkpoint)
     model = load_model(checkpoint, "cpu", weights=weights)  # validates the weights load
@@ -187,8 +190,6 @@ ARCH = "robustbench.model_zoo.architectures"
 
 def _arg(name: str, kwargs: dict[str, Any], key: str) -> Any:
     """A factory argument as built: given, else the factory's default (None if it has none)."""
-    from .models.registry import model_arg_defaults
-
     return kwargs.get(key, model_arg_defaults(name).get(key))
 
 
@@ -314,8 +315,6 @@ def robustbench_state_dict(
 
 def parse_card_fields(items: dict[str, str]) -> dict[str, Any]:
     """--rb-field KEY=VALUE pairs typed by CARD_FIELDS (unknown keys: the nearest name)."""
-    from .schema import parse_bool, parse_int
-
     out: dict[str, Any] = {}
     for k, v in items.items():
         if k not in CARD_FIELDS:
@@ -341,9 +340,6 @@ def read_eval_card(checkpoint: Path, weights: str, card: str | Path | None) -> d
     it, eval_<stem>*.json, the one of exactly this file with clean and AutoAttack accuracies
     on the most images, the newest on a tie), which must hold clean and AutoAttack accuracies
     of exactly this file."""
-    from .eval.card import read_card
-    from .eval.evaluate import checkpoint_cards
-
     run = _eval_command(checkpoint, weights)
     if card:
         path = Path(card)
@@ -396,8 +392,6 @@ def robustbench_card(
     """RobustBench's model-card fields (numbers as strings in percent, as its cards have them)
     from a validated result card; `fields` (typed --rb-field values, the paper flags) win.
     AutoAttack on a subset of the test set is `unreliable` and counted in the footnote."""
-    from .schema import format_value
-
     dataset = fields.get("dataset", result["dataset"])
     if dataset not in ROBUSTBENCH_DATASETS:
         raise UserError(

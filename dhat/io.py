@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 def current_umask() -> int:
     mask = os.umask(0o022)
@@ -84,8 +86,6 @@ def check_output_path(
     given), is not a folder, is none of `inputs` (also through a symlink or a hard link), and
     (`writable`) its nearest existing folder is a folder that can be written. One-line
     UserError naming `flag` otherwise; returns `path`."""
-    from .errors import UserError
-
     path = Path(path)
     allowed = [s.lower() for s in suffixes]
     if allowed and path.suffix.lower() not in allowed:

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import io  # used as io.write_text: a test that replaces it (a kill mid-write) is seen
 from .errors import UserError
 
 MANIFEST = ".dhat-manifest"
@@ -392,9 +393,7 @@ def jsonl(records: list[dict[str, Any]]) -> str:
 
 
 def write_log(path: Path, records: list[dict[str, Any]]) -> None:
-    from .io import write_text
-
-    write_text(path, jsonl(records))
+    io.write_text(path, jsonl(records))
 
 
 def append_text(path: Path, text: str) -> None:

@@ -291,6 +291,6 @@ def no_data(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("data was loaded before the configuration was valid")
 
-    import dhat.train.trainer as trainer
+    import dhat.train.assembly as assembly
 
-    monkeypatch.setattr(trainer, "load_dataset", boom)
+    monkeypatch.setattr(assembly, "load_dataset", boom)

@@ -2,7 +2,7 @@
 one line and exit 2 before any data is read; ε has one source."""
 
 import json
-from dataclasses import asdict
+from dataclasses import FrozenInstanceError, asdict, replace
 
 import pytest
 import torch
@@ -72,8 +72,45 @@ def test_flags_yaml_and_python_resolve_to_identical_configs(tmp_path):
         out_dir=str(tmp_path / "r"),
     )
     assert asdict(from_flags) == asdict(from_yaml) == asdict(from_python)
+    assert from_flags == from_yaml == from_python  # the frozen objects themselves
     assert from_yaml.method_args == {"omega": 0.1, "eps_inv": 4 / 255}
     assert isinstance(from_yaml.model_args["width"], int)
+    for cfg in (from_flags, from_yaml, from_python):
+        with pytest.raises(FrozenInstanceError):
+            cfg.epochs = 3  # type: ignore[misc]  # the point: a resolved config is immutable
+    assert replace(from_python, seed=3).seed == 3  # a changed copy is checked again
+    with pytest.raises(UserError, match="seed"):
+        replace(from_python, seed=-1)
+
+
+def test_the_config_file_is_read_once_and_a_method_option_coerced_once(tmp_path, monkeypatch):
+    """`dhat train --config c.yaml --omega 1/10`: the YAML file is read once (the parser
+    chooses the method's flags from it, the config reuses it), and ω is coerced once, from
+    the flag to the method the run trains."""
+    import dhat.cli.train as cli_train
+    import dhat.config.train as config_train
+    import dhat.methods.registry as registry
+    from dhat.cli import build_parser
+    from dhat.cli.train import train_config_from_args
+    from dhat.methods import build_method
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"dataset": "blobs", "method": "dhat"}))
+    reads, coerced = [], []
+    read_yaml, coerce = config_train.read_yaml, registry.coerce
+    for module in (config_train, cli_train):  # every module that may read it
+        monkeypatch.setattr(module, "read_yaml", lambda p: reads.append(p) or read_yaml(p))
+
+    def counting(spec, value, where):
+        coerced.append(spec.name)
+        return coerce(spec, value, where)
+
+    monkeypatch.setattr(registry, "coerce", counting)
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--omega", "1/10"]
+    cfg = train_config_from_args(build_parser(argv).parse_args(argv))
+    method = build_method(cfg.method, cfg.method_kwargs())
+    assert reads == [str(tmp_path / "c.yaml")]
+    assert coerced.count("omega") == 1 and method.omega == 0.1
+    assert method.eps == cfg.eps == cfg.threat.eps  # the run's threat model, not an option
 
 
 def test_one_number_parser():
@@ -169,12 +206,14 @@ def test_bad_eval_flags_are_one_line(tmp_path, capsys, args, needle):
 
 
 def test_eps_overridden_once_is_seen_everywhere(tmp_path, capsys, monkeypatch):
-    import dhat.train.trainer as trainer
+    import dhat.attacks.spec as spec
 
     seen = []
-    real = trainer.make_attack
+    real = spec.AttackSpec.from_threat
     monkeypatch.setattr(
-        trainer, "make_attack", lambda name, eps, step: seen.append(eps) or real(name, eps, step)
+        spec.AttackSpec,
+        "from_threat",
+        lambda threat, **kw: seen.append(threat.eps) or real(threat, **kw),
     )
     assert train(tmp_path, "--method", "pgd_at", "--eps", "4/255") == 0
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)

@@ -491,7 +491,7 @@ def _with_run(add_parser, run):
 def test_the_method_is_chosen_inside_the_handler(monkeypatch, capsys):
     import dhat.cli.train as cli_train
 
-    def broken(argv):
+    def broken(argv, source=None):
         raise RuntimeError("cannot choose")
 
     monkeypatch.setattr(cli_train, "chosen_method", broken)

@@ -686,7 +686,7 @@ def test_unusable_out_dir_is_one_line_before_any_data_is_loaded(
 ):
     loads = []
     monkeypatch.setattr(
-        "dhat.train.trainer.load_dataset",
+        "dhat.train.assembly.load_dataset",
         lambda *a, **k: loads.append(a) or pytest.fail("data was loaded"),
     )
     if case == "file":

@@ -18,12 +18,12 @@ import torch
 
 import dhat
 from dhat.attacks import inverse_pgd, pgd
+from dhat.attacks.robust import correct_under
 from dhat.attacks.spec import make_attack
 from dhat.config import TrainConfig
 from dhat.data import BatchLoader
-from dhat.eval.robust import correct_under
 from dhat.methods import RunInfo, create_method, list_methods, method_options
-from dhat.train import method_args, train
+from dhat.train import train
 
 READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 PACKAGE = Path(dhat.__file__).resolve().parent
@@ -67,15 +67,13 @@ def counting_reads():
 
 
 def test_the_counter_counts_reads_from_dhat_code_only():
-    from dhat.train.trainer import _to_random_state
+    from dhat.train.state import _to_random_state
 
     t = torch.arange(3)
     with counting_reads() as reads:
         float(t.sum()), bool(t.all()), t.tolist()  # a test's: not counted
         _to_random_state({"version": 3, "internal": t, "gauss": None})  # dhat's: one tolist
-    assert [(k[0], k[2], k[3]) for k in reads] == [
-        ("train/trainer.py", "_to_random_state", "tolist")
-    ]
+    assert [(k[0], k[2], k[3]) for k in reads] == [("train/state.py", "_to_random_state", "tolist")]
 
 
 # --- training steps -------------------------------------------------------------------------
@@ -93,7 +91,7 @@ def build(spec: str, epoch: int):
     torch.manual_seed(0)
     model = dhat.create_model("small_cnn", num_classes=10, width=4)
     method = create_method(
-        name, **method_args(TrainConfig(method=name, steps=2, method_args=options))
+        name, **TrainConfig(method=name, steps=2, method_args=options).method_kwargs()
     )
     method.setup(RunInfo(num_classes=10, num_train=32, epochs=110, device=torch.device("cpu")))
     method.start_epoch(epoch)

@@ -109,9 +109,9 @@ def test_a_standard_small_model_learns_the_object_and_leans_on_the_background(tm
     2,000 training images, 4 epochs, one thread (about 10 s). On 400 test images per split
     the model is above chance (10 %) by more than 15 points on random backgrounds, and gains
     more than 20 points from an agreeing one (BG-gap; measured: 39 % and 53 points)."""
+    from dhat.attacks.robust import correct_under
     from dhat.checkpoint import model_from_state, read_checkpoint
     from dhat.config import build_train_config
-    from dhat.eval.robust import correct_under
     from dhat.train import train
 
     cfg = build_train_config(

@@ -155,7 +155,7 @@ def test_dhat_takes_its_mask_from_a_separate_frozen_network(tmp_path):
     from conftest import make_checkpoint
 
     from dhat.config import TrainConfig
-    from dhat.train.trainer import frozen_models
+    from dhat.methods.frozen import load_frozen_models
 
     path = make_checkpoint(tmp_path / "cam" / "best.pt", num_classes=4, seed=3)
     cfg = TrainConfig(
@@ -166,7 +166,7 @@ def test_dhat_takes_its_mask_from_a_separate_frozen_network(tmp_path):
         method_args={"cam_model": str(path)},
         out_dir=str(tmp_path),
     )
-    frozen = frozen_models(cfg, torch.device("cpu"))
+    frozen = load_frozen_models(cfg.method, cfg.method_args, torch.device("cpu"))
     cam_net = frozen["cam_model"]
     before = {k: v.clone() for k, v in cam_net.state_dict().items()}
     method = create_method("dhat", steps=2, cam_model=str(path))

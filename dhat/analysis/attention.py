@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from ..checkpoint import load_model, read_checkpoint
+from ..config import AttentionConfig, resolve_device
+from ..data.datasets import load_dataset
 from ..errors import UserError
 from ..eval.attention import attention_iou, attention_maps, attention_per_image, eps_key, iou
-
-if TYPE_CHECKING:
-    from ..config import AttentionConfig
+from ..io import write_json
+from ..models.registry import cam_layer
+from .overlay import save_overlay_grid, select_per_class
 
 __all__ = [
     "iou",
@@ -83,13 +85,6 @@ def analyse_checkpoint(cfg: AttentionConfig, progress: bool = True) -> dict:
     only_bg): {"checkpoint", "dataset", "dataset_source", "splits": {name: attention_iou(...)}}
     plus the "test" split's numbers at the top level. Writes the JSON (and overlays) and
     returns it. `progress`: a tqdm bar per split."""
-    from ..checkpoint import load_model, read_checkpoint
-    from ..config import resolve_device
-    from ..data.datasets import load_dataset
-    from ..io import write_json
-    from ..models.registry import cam_layer
-    from .overlay import save_overlay_grid, select_per_class
-
     ckpt = Path(cfg.checkpoint)
     state = read_checkpoint(ckpt)
     run = state.get("config", {})

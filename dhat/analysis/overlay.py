@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from ..errors import UserError
 from ..io import atomic_write
@@ -84,14 +85,14 @@ def save_overlay_grid(
 
     if use_matplotlib is None:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  # optional dependency: is it installed?
 
             use_matplotlib = True
         except ImportError:
             use_matplotlib = False
     if use_matplotlib:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no pyplot state
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional dependency: matplotlib
 
         dpi, label_in = 100, 1.2
         fig = Figure(figsize=(grid8.shape[1] / dpi + label_in, grid8.shape[0] / dpi + 0.3), dpi=dpi)
@@ -115,8 +116,6 @@ def save_overlay_grid(
             side.set_visible(False)
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
         return path
-    from PIL import Image, ImageDraw
-
     label_w, head = 90, 14
     canvas = Image.new("RGB", (label_w + grid8.shape[1], head + grid8.shape[0]), "white")
     canvas.paste(Image.fromarray(grid8), (label_w, head))

@@ -28,14 +28,23 @@ sharing a label are the seeds of one method, and their interval includes seed va
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..attacks.registry import find_attack
 from ..errors import UserError
+from ..eval.background import bootstrap_indices, mean_ci
 from ..eval.card import read_card
+from ..eval.curves import figure, plot_curves
+from ..eval.records import card_records
+from ..io import atomic_write
+from .paired import hierarchical_bootstrap, paired_values
 
 DEFAULT_COLUMNS = ("clean", "pgd10", "cw", "aa", "gap")
 BACKGROUND_COLUMNS = ("bg_gap", "bg_gap_pgd10", "share", "share_null", "share_gain", "fg_iou")
@@ -212,9 +221,6 @@ def _records_interval(card: dict[str, Any], key: str) -> tuple[float, float] | N
     """The bootstrap interval (the card's n_boot and seed) of the per-image values behind a
     column, from its records, as fractions; None without readable records or with unpaired
     terms."""
-    from ..eval.background import bootstrap_indices, mean_ci
-    from ..eval.records import card_records
-
     try:
         records = card_records(card)
         terms = record_terms(key)
@@ -225,8 +231,6 @@ def _records_interval(card: dict[str, Any], key: str) -> tuple[float, float] | N
     arrays = [records[name] for _, name in terms]
     if len({len(a) for a in arrays}) != 1:
         return None
-    import torch
-
     per = torch.zeros(len(arrays[0]), dtype=torch.float64)
     for (sign, _), a in zip(terms, arrays):
         per += sign * torch.as_tensor(a, dtype=torch.float64)
@@ -365,9 +369,6 @@ def csv_table(
     """The table as CSV for a spreadsheet or a plotting script: a row per card; per column
     its value in the table's units (unrounded), its 95 % interval (`KEY_lo`, `KEY_hi`) and
     its image count (`KEY_n`); empty where absent; then the failed sanity checks."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
@@ -521,9 +522,6 @@ def plot_report(
     columns: Sequence[str] = DEFAULT_COLUMNS,
 ) -> Path:
     """Curves of every card that has them in one figure; else grouped bars of the table."""
-    from ..eval.curves import figure, plot_curves
-    from ..io import atomic_write
-
     with_curves = [(label, card["curves"]) for label, card in rows if card.get("curves")]
     if with_curves:
         return plot_curves(with_curves, path)
@@ -598,9 +596,6 @@ def paired_table(
     intervals: rows with the same label are seeds of one method, paired with the reference's
     seeds in order (its interval then includes seed variation). Needs every card's per-image
     records (their SHA-256 is checked) and the same images per column."""
-    from ..eval.records import card_records
-    from .paired import hierarchical_bootstrap, paired_values
-
     groups: dict[str, list[dict[str, Any]]] = {}
     for label, card in rows:
         groups.setdefault(label, []).append(card)

@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..config import EvalConfig, build_train_config
+from ..config.presets import COMPARISONS
+from ..errors import UserError, unknown_name
+from ..eval import evaluate_checkpoint
+from ..eval.curves import figure
+from ..io import atomic_write, write_text
+from ..train import train
+from .report import load_cards, markdown_table
 
 QUICK_N = 1000
 # Datasets whose test split is deliberately shifted from training (the background is
@@ -47,8 +54,6 @@ def quick_eval_config(
     `n` test images, the robust gap on `n` training images, and the background and attention
     measures (first `n` images of each split) where the dataset has the splits; no sanity
     checks. `cfg` is the run's TrainConfig."""
-    from ..config import EvalConfig
-
     weights = "ema" if cfg.select == "ema" else "model"
     return EvalConfig(
         checkpoint=str(best),
@@ -233,12 +238,7 @@ def comparison_configs(
     """The TrainConfig of each method of comparison preset `name`: its base preset < YAML <
     `flags` (TrainConfig fields, as `dhat train` collects them), in OUT_DIR/METHOD (OUT_DIR:
     flags["out_dir"], else runs/NAME)."""
-    from ..config import build_train_config
-    from ..config.presets import COMPARISONS
-
     if name not in COMPARISONS:
-        from ..errors import unknown_name
-
         raise unknown_name("comparison preset", name, COMPARISONS)
     spec = COMPARISONS[name]
     flags = dict(flags or {})
@@ -273,13 +273,7 @@ def run_comparison(
     preset's `eval_n` images), then write the table (OUT_DIR/report.md) and the figure
     (OUT_DIR/report.png). Returns {"cards": [card paths], "table": path, "png": path (None
     without matplotlib), "markdown": the table}."""
-    from ..eval import evaluate_checkpoint
-    from ..io import write_text
-    from ..train import train
-    from .report import load_cards, markdown_table
-
     say = log or (lambda s: None)
-    from ..config.presets import COMPARISONS
 
     cfgs = comparison_configs(name, flags, yaml_path)
     eval_n = COMPARISONS[name].get("eval_n", QUICK_N)
@@ -310,9 +304,6 @@ def plot_comparison(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path
     """One PNG, three panels, one colour per method: clean and PGD-10 accuracy on each split
     (FIGURE_SPLITS), and the object share of the Grad-CAM on mixed_rand with its 95 %
     interval beside its null."""
-    from ..eval.curves import figure
-    from ..io import atomic_write
-
     if not rows or not all(card.get("background") for _, card in rows):
         raise UserError("the comparison figure needs cards with background measures")
     fig = figure(3, width=4.2)

@@ -32,6 +32,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from importlib.metadata import version as dist_version
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..modes import frozen_params, model_mode
+from ..pixels import to_unit
 
 Batches = Callable[[str, int, Callable[[int], Any]], list[Any]]
 Inspect = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -63,8 +65,6 @@ def import_autoattack():
             version = getattr(module, "__version__", None)
             if version is None:
                 try:
-                    from importlib.metadata import version as dist_version
-
                     version = dist_version(name)
                 except Exception:
                     version = "unknown"
@@ -192,7 +192,7 @@ def run_autoattack(
         raise UserError(f"AutoAttack eps must lie in (0, 1] in pixel units, got {eps}")
     if n:
         x, y = x[:n], y[:n]
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x = to_unit(x)
     x, y = x.cpu().contiguous(), y.cpu().long()
     device = str(device)
     t0 = time.perf_counter()
@@ -404,7 +404,7 @@ def run_single(
     module, name, version = import_autoattack()
     if not 0 < eps <= 1:
         raise UserError(f"AutoAttack eps must lie in (0, 1] in pixel units, got {eps}")
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x = to_unit(x)
     x, y = x.cpu().contiguous(), y.cpu().long()
     device = str(device)
     t0 = time.perf_counter()
@@ -509,7 +509,7 @@ def estimate_autoattack_seconds(
         return 0.0
     gpu = torch.device(device).type != "cpu"
     b = min(n, batch_size, calibration_n or (batch_size if gpu else 16))
-    xb = x[:b].float().div(255) if x.dtype == torch.uint8 else x[:b].float()
+    xb = to_unit(x[:b])
     timing: dict[str, Any] = {}
     with (
         model_mode(model, "eval"),

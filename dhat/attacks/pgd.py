@@ -1,4 +1,5 @@
-"""L-inf PGD in [0, 1] pixel space: the attack (ascent) and the inverse attack (descent).
+"""PGD in [0, 1] pixel space: the attack (ascent) and the inverse attack (descent), in any
+threat model's ball (`threat.py`; L-inf by default).
 
 Every attack takes the model's mode as an explicit argument (`bn_mode`), sets it for the
 attack only and restores the caller's mode afterwards. Gradients are input-only.
@@ -16,41 +17,29 @@ from ..models.base import called_from_outside, check_pixels
 from ..models.registry import unwrap_parallel
 from ..modes import BNMode, frozen_params, model_mode
 from .losses import ce_loss, cw_margin_loss, dhat_inverse_loss, kl_to
+from .threat import ThreatModel, threat_model
 
 Init = Literal["uniform", "gauss", "none"]
 
 
-def _as_eps(eps, x: torch.Tensor) -> torch.Tensor | float:
-    """A float, or a (B,) tensor of per-sample budgets broadcast to x's shape."""
-    if isinstance(eps, torch.Tensor):
-        return eps.to(x).view(-1, *([1] * (x.dim() - 1)))
-    return float(eps)
-
-
-def _check_eps(eps) -> None:
-    """ε in (0, 1]. A per-sample budget on an accelerator is not read back (that would
+def _check_eps(threat: ThreatModel) -> None:
+    """A per-sample ε in the threat model's range (a float one was checked when the threat
+    model was built). A per-sample budget on an accelerator is not read back (that would
     synchronise the host every attack); its producer (CFA's class-wise ε) keeps it in range."""
-    if isinstance(eps, torch.Tensor) and eps.device.type != "cpu":
+    eps = threat.eps
+    if not isinstance(eps, torch.Tensor) or eps.device.type != "cpu":
         return
-    e = eps if isinstance(eps, torch.Tensor) else torch.tensor(float(eps))
-    if not torch.all((e > 0) & (e <= 1)):
-        raise ValueError(f"eps must lie in (0, 1] (pixel units, e.g. 8/255), got {eps}")
+    if not torch.all((eps > 0) & (eps <= threat.max_eps)):
+        raise ValueError(threat.eps_error(eps))
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps) -> torch.Tensor:
-    """Clamp into the L-inf ball of radius eps around x, then into [0, 1]."""
-    return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
-
-
-def random_init(x: torch.Tensor, eps, init: Init) -> torch.Tensor:
-    """Starting point: uniform in the eps-ball (clamped), x + 0.001 N(0, I) (TRADES), or x."""
+def start(x: torch.Tensor, threat: ThreatModel, init: Init | None = None) -> torch.Tensor:
+    """The first point: "uniform" the threat model's random start (uniform in the ε-ball),
+    "gauss" x + 0.001 N(0, I) (TRADES), "none" x; None: "uniform" if `threat.rand_init`."""
+    if init is None:
+        init = "uniform" if threat.rand_init else "none"
     if init == "uniform":
-        noise = (
-            torch.empty_like(x).uniform_(-eps, eps)
-            if isinstance(eps, float)
-            else torch.empty_like(x).uniform_(-1, 1) * eps
-        )
-        return torch.clamp(x + noise, 0.0, 1.0)
+        return threat.random_start(x)
     if init == "gauss":
         return x + 0.001 * torch.randn_like(x)
     if init == "none":
@@ -58,36 +47,66 @@ def random_init(x: torch.Tensor, eps, init: Init) -> torch.Tensor:
     raise ValueError(f"init must be uniform, gauss or none, got {init!r}")
 
 
-def sign_pgd(
+def pgd_loop(
     model,
     x: torch.Tensor,
     objective: Callable[[torch.Tensor], torch.Tensor],
+    threat: ThreatModel,
     *,
-    eps,
-    step_size: float,
-    steps: int,
-    init: Init = "uniform",
+    init: Init | None = None,
     bn_mode: BNMode = "eval",
     descend: bool = False,
 ) -> torch.Tensor:
-    """The shared loop: x <- Π(x ± α·sign(∇ objective(f(x)))). Returns a detached x_adv.
+    """The shared loop: x <- Π(step(x, ∇ objective(f(x)))) for `threat.steps` steps, in
+    `threat`'s ball (L-inf: x <- Π(x ± α·sign(∇))). Returns a detached x_adv.
 
-    x: (B, C, H, W) in [0, 1]; `objective(logits) -> scalar`; eps float or (B,) tensor.
+    x: (B, C, H, W) in [0, 1]; `objective(logits) -> scalar`; `init` as in `start`.
+    `descend`: go down the objective (the inverse attack).
     """
-    _check_eps(eps)
+    _check_eps(threat)
     model = unwrap_parallel(model)
     x = x.detach()
-    e = _as_eps(eps, x)
-    direction = -1.0 if descend else 1.0
     with model_mode(model, bn_mode), frozen_params(model):
-        x_adv = random_init(x, e, init)
-        for _ in range(steps):
+        x_adv = start(x, threat, init)
+        for _ in range(threat.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 loss = objective(model(x_adv))
                 (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + direction * step_size * grad.sign(), x, e)
-    return project(x_adv, x, e).detach()
+            x_adv = threat.project(threat.step(x_adv.detach(), grad, descend), x)
+    return threat.project(x_adv, x).detach()
+
+
+def _objective(
+    loss: str, y: torch.Tensor, p_ref: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The attack's objective of the logits: CE, the CW margin, or KL(p_ref || p(x'))."""
+    if loss == "ce":
+        return partial(ce_loss, y=y)
+    if loss == "cw":
+        return partial(cw_margin_loss, y=y)
+    if loss == "kl":
+        if p_ref is None:
+            raise ValueError("loss='kl' needs p_ref, the reference distribution (B, C)")
+        return partial(kl_to, p_ref=p_ref.detach())
+    raise ValueError(f"loss must be ce, cw or kl, got {loss!r}")
+
+
+def threat_pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    loss: Literal["ce", "cw", "kl"] = "ce",
+    p_ref: torch.Tensor | None = None,
+    init: Init | None = None,
+    bn_mode: BNMode = "eval",
+) -> torch.Tensor:
+    """`pgd` against `threat` (its ε, α, steps and, for init None, its random start)."""
+    check_pixels(x, "pgd", values=called_from_outside())
+    objective = _objective(loss, y, p_ref)
+    return pgd_loop(model, x, objective, threat, init=init, bn_mode=bn_mode)
 
 
 def pgd(
@@ -102,28 +121,19 @@ def pgd(
     p_ref: torch.Tensor | None = None,
     init: Init = "uniform",
     bn_mode: BNMode = "eval",
+    norm: str = "Linf",
 ) -> torch.Tensor:
     """PGD ascent on CE, the CW margin, or KL(p_ref || p(x')) (TRADES; p_ref (B, C) fixed).
 
-    x: (B, C, H, W) in [0, 1], y: (B,). Returns x_adv with ||x_adv - x||_inf <= eps, in [0, 1].
+    x: (B, C, H, W) in [0, 1], y: (B,); eps a float or a (B,) tensor. Returns x_adv with
+    ||x_adv - x|| <= eps in the `norm` ("Linf", "L2"; see `threat.threat_model`), in [0, 1].
     A call from outside dhat checks x's range once (one read); dhat's own calls (per training
     step, per evaluation batch) check its dtype only.
     """
     check_pixels(x, "pgd", values=called_from_outside())
-    if loss == "ce":
-        objective: Callable[[torch.Tensor], torch.Tensor] = partial(ce_loss, y=y)
-    elif loss == "cw":
-        objective = partial(cw_margin_loss, y=y)
-    elif loss == "kl":
-        if p_ref is None:
-            raise ValueError("loss='kl' needs p_ref, the reference distribution (B, C)")
-        p_ref = p_ref.detach()
-        objective = partial(kl_to, p_ref=p_ref)
-    else:
-        raise ValueError(f"loss must be ce, cw or kl, got {loss!r}")
-    return sign_pgd(
-        model, x, objective, eps=eps, step_size=step_size, steps=steps, init=init, bn_mode=bn_mode
-    )
+    objective = _objective(loss, y, p_ref)
+    threat = threat_model(norm, eps, step_size, steps, rand_init=init == "uniform")
+    return pgd_loop(model, x, objective, threat, init=init, bn_mode=bn_mode)
 
 
 def _official_inverse_objective(
@@ -155,6 +165,7 @@ def inverse_pgd(
     init: Init = "uniform",
     bn_mode: BNMode = "eval",
     recompute_adv: bool = False,
+    norm: str = "Linf",
 ) -> torch.Tensor:
     """Inverse adversarial example: PGD *descent* that makes y more likely.
 
@@ -164,7 +175,7 @@ def inverse_pgd(
     `recompute_adv`: recompute p_adv after f(x̌_t) in every step instead (the DHAT authors'
     UIAT loop); the values are the same in eval mode and in train mode (batch statistics of
     the same x_adv), only BatchNorm's running statistics see the extra forwards.
-    x is checked as in `pgd`.
+    x, eps and `norm` as in `pgd`.
     """
     check_pixels(x, "inverse_pgd", values=called_from_outside())
     objective: Callable[[torch.Tensor], torch.Tensor]
@@ -183,14 +194,5 @@ def inverse_pgd(
         )
     else:
         raise ValueError(f"inverse loss must be ce or official, got {loss!r}")
-    return sign_pgd(
-        model,
-        x,
-        objective,
-        eps=eps,
-        step_size=step_size,
-        steps=steps,
-        init=init,
-        bn_mode=bn_mode,
-        descend=True,
-    )
+    threat = threat_model(norm, eps, step_size, steps, rand_init=init == "uniform")
+    return pgd_loop(model, x, objective, threat, init=init, bn_mode=bn_mode, descend=True)

@@ -7,10 +7,11 @@ registry (family, image set, description, record name) instead of matching names
 
 Families:
   clean       no attack
-  pgd         dhat's L-inf PGD (`spec.AttackSpec`): pgdK on cross-entropy, cwK on the CW margin
+  pgd         dhat's PGD (`spec.AttackSpec`) in the context's threat model (`Context.norm`:
+              L-inf by default, or L2): pgdK on cross-entropy, cwK on the CW margin
   autoattack  the official AutoAttack package, unchanged (`autoattack.py`): its single attacks
               apgd-ce, apgd-t, fab-t, square (each alone, with its standard-version settings)
-              and 'aa', the standard cascade
+              and 'aa', the standard cascade (L-inf only)
 
 Image sets: "test" (the first n_test test images; the single AutoAttack attacks too, so that
 their records "test|<name>" pair with the other test records) or "aa" (the first aa_n of them:
@@ -35,7 +36,10 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .spec import AttackSpec
+from . import autoattack
+from .robust import correct_under
+from .spec import AttackSpec, Loss
+from .threat import ThreatModel, threat_class
 
 Inspect = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 Batches = Callable[[str, int, Callable[[int], Any]], list[Any]]
@@ -48,7 +52,8 @@ def local_batches(key: str, n: int, fn: Callable[[int], Any]) -> list[Any]:
 
 @dataclass
 class Context:
-    """What an attack run needs besides the model and images: the threat model, the seed,
+    """What an attack run needs besides the model and images: the threat model (`eps`,
+    `step_size`, `norm`: "Linf" or "L2"; the attack's name gives the steps), the seed,
     batching, and `batches`, the runner of a list of batches (local; resumable or sharded
     runners persist or distribute them). `aa_budget` shrinks AutoAttack (tests only).
     `inspect(x, y, x_adv)`, if given, sees every batch's final adversarial images."""
@@ -63,6 +68,15 @@ class Context:
     batches: Batches = local_batches
     aa_budget: dict[str, int] = field(default_factory=dict)
     inspect: Inspect | None = None
+    norm: str = "Linf"
+
+    @classmethod
+    def from_threat(cls, threat: ThreatModel, **kwargs: Any) -> Context:
+        """The context of `threat` (its eps, step size and norm; its steps and random start
+        are the attacks' own); `kwargs`: the other fields."""
+        if isinstance(threat.eps, torch.Tensor):
+            raise ValueError("an evaluation context takes one float eps, not a per-sample tensor")
+        return cls(float(threat.eps), threat.step_size, norm=threat.norm, **kwargs)
 
 
 @dataclass
@@ -75,7 +89,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Attack:
-    """One evaluation attack. `describe(eps, step_size)` is the card's line; `cost` the
+    """One evaluation attack. `describe(eps, step_size, norm="Linf")` is the card's line; `cost` the
     forward(+backward) passes per image (an upper bound for AutoAttack); `images` the image
     set it runs on ("test" or "aa"); `record` its per-image record name."""
 
@@ -85,7 +99,7 @@ class Attack:
     cost: int
     images: str
     record: str
-    describe: Callable[[float, float], str]
+    describe: Callable[..., str]  # (eps, step_size, norm="Linf") -> str
     run: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Context], Outcome]
 
 
@@ -105,8 +119,6 @@ def per_batch(
 ) -> torch.Tensor:
     """(N,) bool: correct after `attack` (None: clean), batch by batch, each batch seeded by
     `batch_seed(ctx.seed, name, i)` and run through `ctx.batches`."""
-    from ..eval.robust import correct_under
-
     bs = ctx.batch_size
     if attack is not None and ctx.inspect is not None:
         inner, look = attack, ctx.inspect
@@ -150,22 +162,24 @@ def _clean(m: re.Match) -> Attack:
         1,
         "test",
         "test|clean",
-        lambda eps, step: "no attack",
+        lambda eps, step, norm="Linf": "no attack",
         lambda model, x, y, ctx: Outcome(per_batch("clean", model, x, y, ctx, None)),
     )
 
 
 @register(r"(pgd|cw)([1-9]\d*)?", "pgdK (pgd = pgd10), cw / cwK (cw = cw20)")
 def _pgd(m: re.Match) -> Attack:
-    loss = "ce" if m.group(1) == "pgd" else "cw"
+    loss: Loss = "ce" if m.group(1) == "pgd" else "cw"
     steps = int(m.group(2) or (10 if loss == "ce" else 20))
     name = m.group(0)
 
-    def spec(eps: float, step: float) -> AttackSpec:
-        return AttackSpec(loss, steps, eps, step)  # type: ignore[arg-type]  # loss is ce|cw
+    def spec(eps: float, step: float, norm: str = "Linf") -> AttackSpec:
+        threat_class(norm)  # an unknown norm: a one-line UserError
+        return AttackSpec(loss, steps, eps, step, norm)
 
     def run(model, x, y, ctx: Context) -> Outcome:
-        return Outcome(per_batch(name, model, x, y, ctx, spec(ctx.eps, ctx.step_size)))
+        attack = spec(ctx.eps, ctx.step_size, ctx.norm)
+        return Outcome(per_batch(name, model, x, y, ctx, attack))
 
     title = f"PGD-{steps}" if loss == "ce" else ("CW" if m.group(2) is None else f"CW-{steps}")
     return Attack(
@@ -175,7 +189,7 @@ def _pgd(m: re.Match) -> Attack:
         steps + 1,
         "test",
         f"test|{name}",
-        lambda eps, step: spec(eps, step).describe(),
+        lambda eps, step, norm="Linf": spec(eps, step, norm).describe(),
         run,
     )
 
@@ -191,6 +205,14 @@ AA_DESCRIPTION = (
     "AutoAttack, version 'standard' (APGD-CE, APGD-T, FAB-T, Square), L-inf, "
     "eps {eps}/255, official implementation"
 )
+
+
+def _linf_only(name: str, norm: str) -> str:
+    """'' for the L-inf threat model, the only one AutoAttack runs in here (a one-line
+    UserError otherwise)."""
+    if threat_class(norm).norm != "Linf":
+        raise UserError(f"attack '{name}' runs in the Linf threat model only, not {norm}")
+    return ""
 
 
 def _aa_kwargs(ctx: Context) -> dict[str, Any]:
@@ -213,8 +235,7 @@ def _single_aa(m: re.Match) -> Attack:
     title, cost, what = SINGLE_AA[name]
 
     def run(model, x, y, ctx: Context) -> Outcome:
-        from . import autoattack
-
+        _linf_only(name, ctx.norm)
         record, correct = autoattack.run_single(model, x, y, attack=name, **_aa_kwargs(ctx))
         return Outcome(correct, record)
 
@@ -225,9 +246,12 @@ def _single_aa(m: re.Match) -> Attack:
         cost,
         "test",
         f"test|{name}",
-        lambda eps, step: (
-            f"{title} alone, from AutoAttack's standard version ({what}), "
-            f"L-inf, eps {eps * 255:g}/255, official implementation"
+        lambda eps, step, norm="Linf": (
+            _linf_only(name, norm)
+            + (
+                f"{title} alone, from AutoAttack's standard version ({what}), "
+                f"L-inf, eps {eps * 255:g}/255, official implementation"
+            )
         ),
         run,
     )
@@ -236,8 +260,7 @@ def _single_aa(m: re.Match) -> Attack:
 @register(r"aa", "aa (standard AutoAttack)")
 def _aa(m: re.Match) -> Attack:
     def run(model, x, y, ctx: Context) -> Outcome:
-        from . import autoattack
-
+        _linf_only("aa", ctx.norm)
         record, robust = autoattack.run_autoattack(
             model, x, y, return_flags=True, **_aa_kwargs(ctx)
         )
@@ -250,7 +273,9 @@ def _aa(m: re.Match) -> Attack:
         1 + sum(c for _, c, _ in SINGLE_AA.values()),
         "aa",
         "aa|robust",
-        lambda eps, step: AA_DESCRIPTION.format(eps=f"{eps * 255:g}"),
+        lambda eps, step, norm="Linf": (
+            _linf_only("aa", norm) + AA_DESCRIPTION.format(eps=f"{eps * 255:g}")
+        ),
         run,
     )
 
@@ -282,9 +307,9 @@ def check_attack_names(names) -> None:
         get_attack(name)
 
 
-def describe(name: str, eps: float, step_size: float) -> str:
-    """The card's line for attack `name`."""
-    return get_attack(name).describe(eps, step_size)
+def describe(name: str, eps: float, step_size: float, norm: str = "Linf") -> str:
+    """The card's line for attack `name` in the `norm` ball."""
+    return get_attack(name).describe(eps, step_size, norm)
 
 
 def uses_autoattack(names) -> bool:

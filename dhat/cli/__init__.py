@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from .. import __version__
 from ..errors import UserError, clip
 from . import attention, evaluate, export, report, train
 from .common import Parser
@@ -39,8 +40,6 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         action="store_true",
         help="on an unexpected error, print its traceback (may go anywhere on the line)",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"dhat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS.values():

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis import attention as analysis  # via the module: a test's stand-in is seen
 from ..config import AttentionConfig
 from ..errors import UserError
+from ..io import check_output_path, same_file
 from ..schema import specs
 from .common import Parser, add_config_options, from_flags, given
 
@@ -63,8 +65,6 @@ def check_outputs(cfg: AttentionConfig) -> None:
     """The JSON and the overlay PNG are refused (one line, before any Grad-CAM is computed) if
     one would overwrite an input (the checkpoint, the boxes file) or the other, has the wrong
     suffix, or lies where nothing can be written (e.g. under a file)."""
-    from ..io import check_output_path, same_file
-
     inputs = [cfg.checkpoint, cfg.boxes]
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / "attention.json"
     check_output_path(out, inputs, [".json"], flag="--out")
@@ -75,11 +75,9 @@ def check_outputs(cfg: AttentionConfig) -> None:
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..analysis.attention import analyse_checkpoint
-
     cfg = from_flags(AttentionConfig, given(ns, FIELDS), checkpoint=ns.checkpoint)
     check_outputs(cfg)
-    res = analyse_checkpoint(cfg, progress=ns.progress)
+    res = analysis.analyse_checkpoint(cfg, progress=ns.progress)
     print(
         f"attention IoU: {res['dataset']} ({res['dataset_source']}), {res['n']} test images, "
         f"Grad-CAM >= {res['threshold']:g}" + (f", layer {cfg.layer}" if cfg.layer else "")

@@ -9,8 +9,11 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from ..data import list_datasets
 from ..errors import clip
-from ..schema import OptionSpec, coerce, specs
+from ..methods import list_methods
+from ..models import list_models
+from ..schema import OptionSpec, coerce, parse_key_value, specs
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,10 +53,6 @@ def add_option(
 
 
 def registry_names() -> dict[str, list[str]]:
-    from ..data import list_datasets
-    from ..methods import list_methods
-    from ..models import list_models
-
     return {
         "dataset": list_datasets(),
         "model": list_models(),  # or package.module:factory (dhat.models.registry.is_model)
@@ -83,8 +82,19 @@ def from_flags(cls: type, flags: dict[str, Any], **fixed: Any) -> Any:
     return cls(**fixed, **{k: coerce(sp[k], v, flag(k)) for k, v in flags.items()})
 
 
+def add_key_values(group, what: str, example: str, help: str | None = None) -> None:
+    """`--<what>-arg KEY=VALUE` (repeatable) into `<what>_args`: the one spelling of the
+    architecture and dataset argument flags (`key_values` parses them)."""
+    group.add_argument(
+        f"--{what}-arg",
+        dest=f"{what}_args",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help=help or f"{'architecture' if what == 'model' else what} argument, e.g. {example}",
+    )
+
+
 def key_values(items: list[str] | None, what: str) -> dict[str, str]:
     """['width=16', ...] -> {'width': '16'} (typed later, against the factory)."""
-    from ..schema import parse_key_value
-
     return dict(parse_key_value(kv, f"--{what}-arg") for kv in (items or []))

@@ -9,9 +9,17 @@ import warnings
 from pathlib import Path
 
 from ..config import EvalConfig
+from ..distributed import cleanup_distributed
 from ..errors import UserError
+from ..eval.card import format_card
+from ..eval.evaluate import run_evaluation
+from ..eval.output import curves_png_path, default_card_path, write_evaluation
+from ..eval.records import records_path
+from ..eval.sanity import SanityWarning
+from ..io import check_output_path, same_file
+from ..models.weights import sidecar_path
 from ..schema import specs
-from .common import Parser, add_config_options, from_flags, given, key_values
+from .common import Parser, add_config_options, add_key_values, from_flags, given, key_values
 
 FIELDS = {f for f, s in specs(EvalConfig).items() if s.flag}
 
@@ -41,13 +49,8 @@ def add_parser(sub, argv: list[str]) -> Parser:
     )
     g = p.add_argument_group("evaluation settings (EvalConfig)")
     add_config_options(g, EvalConfig)
-    g.add_argument(
-        "--model-arg",
-        dest="model_args",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="the weights file's architecture argument, e.g. width=64",
+    add_key_values(
+        g, "model", "width=64", "the weights file's architecture argument, e.g. width=64"
     )
     p.add_argument(
         "--resume",
@@ -77,11 +80,6 @@ def check_outputs(cfg: EvalConfig) -> None:
     """The card, its records and its curves plot are refused (one line, before any work) if
     one would overwrite an input (the checkpoint, the weights file or its sidecar) or another
     output, or if the card is not named .json / the records .npz."""
-    from ..eval.evaluate import default_card_path
-    from ..eval.records import records_path
-    from ..io import check_output_path, same_file
-    from ..models.weights import sidecar_path
-
     inputs = [cfg.checkpoint, cfg.weights_file]
     if cfg.weights_file:
         inputs.append(str(sidecar_path(cfg.weights_file)))
@@ -93,18 +91,13 @@ def check_outputs(cfg: EvalConfig) -> None:
             raise UserError(f"--records {rec} is the result card's path; name another file")
         check_output_path(rec, inputs, [".npz"], flag="--records", writable=False)
     if cfg.curves:
-        from ..eval.evaluate import curves_png_path
-
         png = curves_png_path(card)
         check_output_path(png, inputs, flag="--out (its curves plot)", writable=False)
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..distributed import cleanup_distributed
-    from ..eval import format_card
-    from ..eval.evaluate import run_evaluation, write_evaluation
-    from ..eval.sanity import SanityWarning
-
+    """`dhat eval`: evaluate, print the table, then write the card through `write_evaluation`,
+    the write path `evaluate_checkpoint` uses too."""
     cfg = config_from_args(ns)
     check_outputs(cfg)
     with warnings.catch_warnings(record=True) as caught:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
+from ..export import export_checkpoint, export_robustbench, parse_card_fields
+from ..schema import parse_key_value
 from .common import Parser
 
 # (flag, model-card field, help): the paper behind the model, which only the user knows
@@ -94,14 +96,11 @@ def run(ns: argparse.Namespace) -> None:
         ]
         if given:
             raise UserError(f"{given[0]} belongs to --robustbench")
-        from ..export import export_checkpoint
 
         out, side = export_checkpoint(ns.checkpoint, ns.out, ns.weights, force=ns.force)
         print(f"weights written to {out}")
         print(f"metadata written to {side}")
         return
-    from ..export import export_robustbench, parse_card_fields
-    from ..schema import parse_key_value
 
     fields = parse_card_fields(dict(parse_key_value(kv, "--rb-field") for kv in ns.rb_field or []))
     for flag, key, _ in PAPER_FLAGS:

@@ -4,16 +4,25 @@ figure."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..analysis.report import (
+    BACKGROUND_COLUMNS,
+    DEFAULT_COLUMNS,
+    FORMATS,
+    format_table,
+    load_cards,
+    paired_table,
+    plot_report,
+)
 from ..errors import UserError
+from ..io import check_output_path, same_file, write_text
 from .common import Parser
 
 SUFFIXES = {"md": [".md", ".markdown", ".txt"], "csv": [".csv", ".txt"], "latex": [".tex", ".txt"]}
 
 
 def add_parser(sub, argv: list[str]) -> Parser:
-    from ..analysis.report import DEFAULT_COLUMNS, FORMATS
-
     p = sub.add_parser(
         "report",
         help="compare result cards in a table (Markdown, CSV or LaTeX) and a plot",
@@ -73,10 +82,6 @@ def check_outputs(ns: argparse.Namespace) -> None:
     """--out (the table) and --plot (PNG) are refused, before any card is read, if one would
     overwrite an input card (given, or an eval_*.json of a given run folder) or the other,
     has the wrong suffix, or lies where nothing can be written."""
-    from pathlib import Path
-
-    from ..io import check_output_path, same_file
-
     inputs: list[Path] = []
     for p in map(Path, ns.inputs):
         inputs += sorted(p.glob("eval_*.json")) if p.is_dir() else [p]
@@ -89,15 +94,6 @@ def check_outputs(ns: argparse.Namespace) -> None:
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..analysis.report import (
-        BACKGROUND_COLUMNS,
-        DEFAULT_COLUMNS,
-        format_table,
-        load_cards,
-        plot_report,
-    )
-    from ..io import write_text
-
     if ns.reference and ns.format != "md":
         raise UserError("--reference prints a Markdown table: drop --format or pass --format md")
     check_outputs(ns)
@@ -116,8 +112,6 @@ def run(ns: argparse.Namespace) -> None:
         rows, columns, ns.format, bold_best=ns.bold_best, notes=ns.notes, intervals=ns.intervals
     )
     if ns.reference:
-        from ..analysis.report import paired_table
-
         text += "\n" + paired_table(rows, ns.reference, columns)
     if ns.out:
         write_text(ns.out, text)

@@ -8,15 +8,21 @@ method is read from --method, else the YAML file, else the preset, else the defa
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.smoke import quick_eval_config, run_comparison, smoke_summary
 from ..config import PRESETS, TrainConfig, build_train_config, read_yaml
 from ..config.presets import COMPARISONS
-from ..errors import UserError
+from ..distributed import is_main_process
+from ..errors import UserError, unknown_name
+from ..eval import evaluate_checkpoint
 from ..methods import list_methods, method_options
+from ..rundir import read_log
 from ..schema import OptionSpec, specs
-from .common import add_config_options, add_option, flag, given, key_values
+from ..train import train
+from .common import add_config_options, add_key_values, add_option, flag, given, key_values
 
 QUICK_N = 1000
 TOP_LEVEL = {f for f, s in specs(TrainConfig).items() if s.flag}
@@ -31,26 +37,52 @@ def resumed_config(config: str | None, resume: bool, out_dir: str | None) -> str
     return str(saved) if saved.is_file() else None
 
 
-def chosen_method(argv: list[str]) -> tuple[str, bool]:
-    """(the method these arguments train, whether --method was given), without validating."""
+@dataclass(frozen=True)
+class YamlSource:
+    """The config file these arguments name, read once (its mapping, or why it cannot be)."""
+
+    path: str | None = None
+    data: dict[str, Any] | None = None
+    error: UserError | None = None
+
+    def mapping(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return self.data or {}
+
+
+def read_config_file(argv: list[str]) -> YamlSource:
+    """The YAML file of `dhat train` arguments (--config, else with --resume the run's saved
+    config.yaml), read once; an unreadable file's error is raised when the config is built."""
     p = argparse.ArgumentParser(add_help=False)
-    for name in ("--method", "--preset", "--config", "--out-dir"):
+    for name in ("--config", "--out-dir"):
         p.add_argument(name)
     p.add_argument("--resume", action="store_true")
     ns, _ = p.parse_known_args(argv)
+    path = resumed_config(ns.config, ns.resume, ns.out_dir)
+    if not path:
+        return YamlSource()
+    try:
+        return YamlSource(path, read_yaml(path))
+    except UserError as e:
+        return YamlSource(path, error=e)
+
+
+def chosen_method(argv: list[str], source: YamlSource | None = None) -> tuple[str, bool]:
+    """(the method these arguments train, whether --method was given), without validating:
+    --method, else the config file's method, else its or --preset's preset's, else dhat."""
+    p = argparse.ArgumentParser(add_help=False)
+    for name in ("--method", "--preset"):
+        p.add_argument(name)
+    ns, _ = p.parse_known_args(argv)
     if ns.method:
         return ns.method, True
-    ns.config = resumed_config(ns.config, ns.resume, ns.out_dir)
-    if ns.config:
-        try:
-            data = read_yaml(ns.config)
-            if "method" in data:
-                return str(data["method"]), False
-            ns.preset = ns.preset or data.get("preset")
-        except UserError:
-            pass
-    if ns.preset in PRESETS and "method" in PRESETS[ns.preset]:
-        return PRESETS[ns.preset]["method"], False
+    data = (source or read_config_file(argv)).data or {}
+    if "method" in data:
+        return str(data["method"]), False
+    preset = ns.preset or data.get("preset")
+    if preset in PRESETS and "method" in PRESETS[preset]:
+        return PRESETS[preset]["method"], False
     return TrainConfig.method, False  # the field's default (a dataclass class attribute)
 
 
@@ -75,7 +107,8 @@ def _method_listing() -> str:
 
 
 def add_parser(sub, argv: list[str]) -> None:
-    method, explicit = chosen_method(argv)
+    source = read_config_file(argv)
+    method, explicit = chosen_method(argv, source)
     p = sub.add_parser(
         "train",
         help="train a model (see --preset, --method)",
@@ -107,27 +140,13 @@ def add_parser(sub, argv: list[str]) -> None:
         help=f"a named preset ({', '.join(sorted([*PRESETS, *COMPARISONS]))}; "
         "smoke-compare trains and compares several methods)",
     )
-    g.add_argument(
-        "--model-arg",
-        dest="model_args",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="architecture argument, e.g. width=16",
-    )
-    g.add_argument(
-        "--dataset-arg",
-        dest="dataset_args",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="dataset argument, e.g. rho=0.5",
-    )
+    add_key_values(g, "model", "width=16")
+    add_key_values(g, "dataset", "rho=0.5")
     if method in list_methods():
         mg = p.add_argument_group(f"options of method '{method}'")
         for name, spec in method_flags(method).items():
             add_option(mg, spec, dest=f"method__{name}")
-    p.set_defaults(run=run, method_for_parse=method)
+    p.set_defaults(run=run, method_for_parse=method, config_file=source)
 
 
 def train_flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -147,16 +166,15 @@ def train_flags(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def train_config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    """The resolved, frozen config of parsed `dhat train` arguments (the YAML file was read
+    once, when the parser was built)."""
     flags = train_flags(ns)
-    return build_train_config(
-        resumed_config(ns.config, ns.resume, flags.get("out_dir")), flags=flags
-    )
+    source: YamlSource = ns.config_file
+    return build_train_config(source.path, flags=flags, yaml_data=source.mapping())
 
 
 def unknown_option_error(arg: str, method: str) -> UserError:
     """For `--beta` under a method without it: say which methods have it."""
-    from ..errors import unknown_name
-
     name = arg.split("=")[0]
     owners = [
         m
@@ -174,12 +192,6 @@ def unknown_option_error(arg: str, method: str) -> UserError:
 
 
 def run(ns: argparse.Namespace) -> None:
-    from ..analysis.smoke import quick_eval_config, smoke_summary
-    from ..distributed import is_main_process
-    from ..eval import evaluate_checkpoint
-    from ..rundir import read_log
-    from ..train import train
-
     if ns.preset in COMPARISONS:
         run_comparison_preset(ns)
         return
@@ -202,8 +214,6 @@ def run(ns: argparse.Namespace) -> None:
 
 def run_comparison_preset(ns: argparse.Namespace) -> None:
     """`--preset smoke-compare`: several methods on the same data, one table and one figure."""
-    from ..analysis.smoke import run_comparison
-
     if ns.resume or ns.allow_change or ns.no_eval:
         raise UserError(
             f"--preset {ns.preset} trains and evaluates several runs: drop "

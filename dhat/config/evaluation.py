@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..attacks.registry import check_attack_names
 from ..errors import UserError
 from ..schema import AT_LEAST_1, NONNEG, SEED, THREADS, UNIT, Where, coerce, option, specs
 from .train import check_device
@@ -13,12 +14,13 @@ DEFAULT_ATTACKS = ["clean", "pgd10", "pgd20", "pgd50", "cw"]
 
 
 def _validate(cfg, where: Where = Where()) -> None:
+    """Coerce every field of the frozen `cfg` being built (once, from `__post_init__`)."""
     for name, spec in specs(type(cfg)).items():
-        setattr(cfg, name, coerce(spec, getattr(cfg, name), where.key(name)))
+        object.__setattr__(cfg, name, coerce(spec, getattr(cfg, name), where.key(name)))
     check_device(cfg.device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """What `dhat eval` measures on one checkpoint (or on a plain third-party state dict)."""
 
@@ -88,10 +90,10 @@ class EvalConfig:
         "per-image records .npz (default: <card>.records.npz beside the card; 'off' = none)",
     )
 
+    __hash__ = None  # type: ignore[assignment]  # frozen, but its list and dict fields are unhashable
+
     def __post_init__(self) -> None:
         _validate(self)
-        from ..attacks.registry import check_attack_names
-
         check_attack_names(self.attacks)
         if self.weights_file and self.checkpoint:
             raise UserError("pass either a checkpoint or --weights-file, not both")
@@ -113,7 +115,7 @@ class EvalConfig:
                 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionConfig:
     """What `dhat attention` measures: Grad-CAM IoU with ground-truth masks."""
 
@@ -138,6 +140,8 @@ class AttentionConfig:
     out: str | None = option(None, "JSON output (default: attention.json beside the checkpoint)")
     overlay: str | None = option(None, "also write a PNG grid of overlays here")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
+
+    __hash__ = None  # type: ignore[assignment]  # frozen, but its list fields are unhashable
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -6,6 +6,11 @@ validation (`dhat.schema`), so `--omega 1/10`, YAML `omega: 1/10` and
 `TrainConfig(method_args={"omega": "1/10"})` give the same object, and a bad value is one
 line naming the flag or key, before any data is read. Precedence:
 dataclass defaults < named preset < YAML file < command-line flags.
+
+A `TrainConfig` is frozen: it is resolved and coerced once, when built, and nothing
+downstream re-validates it (`dataclasses.replace(cfg, seed=1)` makes a checked copy). Its
+`method_args` are the method's options typed by the method's own fields; `method_kwargs()`
+adds the run's threat model where the method takes it, ready for `build_method`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
+from ..attacks.threat import ThreatModel, threat_model
+from ..cam import check_cam_layer
+from ..data.aux import check_aux_file
+from ..data.datasets import check_dataset_args, list_datasets
 from ..errors import UserError, clip, excerpt, unknown_name
 from ..io import write_text
+from ..methods import list_methods, method_options
+from ..methods.base import RUN_WIDE
+from ..methods.frozen import check_frozen_paths
+from ..methods.registry import check_method_options
+from ..models import create_model
+from ..models.registry import check_model_args, is_model, list_models
 from ..schema import (
     AT_LEAST_1,
     EPOCHS,
@@ -36,12 +52,13 @@ from ..schema import (
     option,
     specs,
 )
+from ..trackers import check_loggers
 from .presets import PRESET_HINTS, PRESET_WITH_AUX, PRESETS
 
 DICT_FIELDS = ("method_args", "model_args", "dataset_args")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. Budgets are in [0, 1] pixel units (8/255)."""
 
@@ -156,14 +173,28 @@ class TrainConfig:
     preset: str | None = option(None, "the named preset this config started from")
 
     def __post_init__(self) -> None:
-        validate_train_config(self)
+        validate_train_config(self, sources=_SOURCES.pop(id(self), None))
 
-    def validate(self) -> TrainConfig:
-        validate_train_config(self)
-        return self
+    __hash__ = None  # type: ignore[assignment]  # frozen, but its dict fields are unhashable
 
     def hash(self) -> str:
         return config_hash(self)
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The run's threat model: the training attacks' (and, with `val_steps`, validation's)."""
+        return threat_model("Linf", self.eps, self.step_size, self.steps)
+
+    def method_kwargs(self) -> dict[str, Any]:
+        """The method's options for `build_method`: the run's threat model (eps, step_size,
+        steps) where the method has those fields, then `method_args` (typed already)."""
+        valid = method_options(self.method)
+        threat = {k: getattr(self, k) for k in RUN_WIDE if k in valid}
+        return {**threat, **self.method_args}
+
+
+# sources of a config being built by build_train_config (by id), read once by __post_init__
+_SOURCES: dict[int, dict[str, Where]] = {}
 
 
 def config_hash(cfg) -> str:
@@ -175,7 +206,6 @@ def config_hash(cfg) -> str:
 # ----------------------------------------------------------------------------- validation
 def check_device(name: str) -> None:
     """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', and available here."""
-    import torch
 
     kind, _, index = name.partition(":")
     if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
@@ -193,7 +223,6 @@ def check_device(name: str) -> None:
 
 def resolve_device(name: str):
     """The torch.device for 'auto' (CUDA when available), 'cpu', 'cuda:N', ..."""
-    import torch
 
     check_device(name)
     return torch.device(
@@ -204,17 +233,14 @@ def resolve_device(name: str):
 def validate_train_config(
     cfg: TrainConfig, where: Where = Where(), sources: dict[str, Where] | None = None
 ) -> None:
-    """Type and range-check every field in place (values are coerced: '8/255' -> 0.0314),
-    then the registries and the cross-field rules. `sources` names where each key came from."""
-    from ..data.datasets import check_dataset_args, list_datasets
-    from ..methods import list_methods
-    from ..methods.registry import check_method_options
-    from ..models.registry import check_model_args, is_model, list_models
-
+    """Type and range-check every field (values are coerced: '8/255' -> 0.0314), then the
+    registries and the cross-field rules; called once, by `TrainConfig.__post_init__`, on
+    the object being built. `sources` names where each key came from."""
     sources = sources or {}
+    set_ = object.__setattr__  # the frozen object is being built: coerced values go in once
     for name, spec in specs(TrainConfig).items():
         w = sources.get(name, where)
-        setattr(cfg, name, coerce(spec, getattr(cfg, name), w.key(name)))
+        set_(cfg, name, coerce(spec, getattr(cfg, name), w.key(name)))
     if cfg.dataset not in list_datasets(hidden=True):  # old aliases still load, unlisted
         raise unknown_name("dataset", cfg.dataset, list_datasets())
     if cfg.method not in list_methods():
@@ -223,7 +249,7 @@ def validate_train_config(
         raise unknown_name("model", cfg.model, list_models())
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise unknown_name("preset", cfg.preset, PRESETS)
-    run_wide = [k for k in ("eps", "step_size", "steps") if k in cfg.method_args]
+    run_wide = [k for k in RUN_WIDE if k in cfg.method_args]
     if run_wide:
         k = run_wide[0]
         raise UserError(
@@ -232,12 +258,16 @@ def validate_train_config(
             "YAML), not among the method's options"
         )
     m_src = sources.get("method_args", where)
-    cfg.method_args = check_method_options(cfg.method, cfg.method_args, m_src)
+    set_(cfg, "method_args", check_method_options(cfg.method, cfg.method_args, m_src))
     model_where = _arg_where(sources.get("model_args", where), "model")
-    cfg.model_args = check_model_args(cfg.model, cfg.model_args, model_where)
+    set_(cfg, "model_args", check_model_args(cfg.model, cfg.model_args, model_where))
     _check_model_builds(cfg, model_where)
-    cfg.dataset_args = check_dataset_args(
-        cfg.dataset, cfg.dataset_args, _arg_where(sources.get("dataset_args", where), "dataset")
+    set_(
+        cfg,
+        "dataset_args",
+        check_dataset_args(
+            cfg.dataset, cfg.dataset_args, _arg_where(sources.get("dataset_args", where), "dataset")
+        ),
     )
     for m in cfg.milestones:
         if m < 0:
@@ -256,8 +286,6 @@ def validate_train_config(
             "--aux-data and --aux-fraction go together (e.g. --aux-data 1m.npz --aux-fraction 0.7)"
         )
     if cfg.aux_data:
-        from ..data.aux import check_aux_file
-
         check_aux_file(cfg.aux_data)
         if cfg.method == "sglr":
             raise UserError(
@@ -268,22 +296,15 @@ def validate_train_config(
                 f"--aux-fraction {cfg.aux_fraction} leaves no real image in a batch "
                 f"of {cfg.batch_size}"
             )
-    from ..train.loggers import check_loggers
-
-    cfg.loggers = check_loggers(cfg.loggers, sources.get("loggers", where).key("loggers"))
+    set_(cfg, "loggers", check_loggers(cfg.loggers, sources.get("loggers", where).key("loggers")))
     check_device(cfg.device)
-    _check_frozen_model_paths(cfg)
+    check_frozen_paths(cfg.method, cfg.method_args, PRESET_HINTS.get(cfg.preset or "", ""))
 
 
 def _check_model_builds(cfg: TrainConfig, where: Where) -> None:
     """Build the model on the meta device (no memory, milliseconds), so that an argument its
     factory refuses (width=0, norm=nosuch) or a Grad-CAM layer it lacks is one line now,
     before any data is read or any file written."""
-    import torch
-
-    from ..methods import method_options
-    from ..models import create_model
-
     try:
         with torch.device("meta"):
             model = create_model(cfg.model, num_classes=10, **cfg.model_args)
@@ -299,8 +320,6 @@ def _check_model_builds(cfg: TrainConfig, where: Where) -> None:
     if "cam_layer" in method_options(cfg.method) and (
         cfg.method_args.get("cam_model", "self") == "self"
     ):  # the run's own model gives the Grad-CAM: its layer (named or default) must exist
-        from ..cam import check_cam_layer
-
         check_cam_layer(model, layer, "--cam-layer")
 
 
@@ -310,20 +329,6 @@ def _arg_where(w: Where, what: str) -> Where:
         if w.kind == "flag"
         else Where("key", w.source, f"{what}_args.")
     )
-
-
-def _check_frozen_model_paths(cfg: TrainConfig) -> None:
-    """Options that name a checkpoint (DHAT's cam_model) must exist before any data is read."""
-    from ..methods import method_options
-
-    for name, spec in method_options(cfg.method).items():
-        value = cfg.method_args.get(name, spec.default)
-        if spec.kind == "checkpoint" and value != "self" and not Path(value).expanduser().is_file():
-            hint = PRESET_HINTS.get(cfg.preset or "", "")
-            raise UserError(
-                f"--{name.replace('_', '-')} {value}: no such checkpoint"
-                + (f"; {hint}" if hint else "; train one with --method standard")
-            )
 
 
 # ----------------------------------------------------------------------------- building
@@ -379,12 +384,17 @@ def build_train_config(
     preset: str | None = None,
     *,
     flags: dict[str, Any] | None = None,
+    yaml_data: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainConfig:
     """defaults < preset < YAML < flags < overrides (the CLI passes only the flags given).
-    Every key is checked where it is given, so an error names the flag or the YAML key."""
+    Every key is checked where it is given, so an error names the flag or the YAML key.
+    `yaml_data`: the file's mapping when the caller has read it already (`read_yaml`), so
+    the file is read once."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    data = read_yaml(yaml_path) if yaml_path else {}
+    if yaml_data is None:
+        yaml_data = read_yaml(yaml_path) if yaml_path else {}
+    data = yaml_data
     flags = flags or {}
     preset = flags.get("preset") or overrides.get("preset") or preset or data.get("preset")
     layers: list[tuple[Where, dict[str, Any]]] = []
@@ -427,8 +437,12 @@ def build_train_config(
     cfg = TrainConfig.__new__(TrainConfig)
     defaults = {f.name: _field_default(f) for f in dataclasses.fields(TrainConfig)}
     for k, v in {**defaults, **merged}.items():
-        setattr(cfg, k, v)
-    validate_train_config(cfg, sources=sources)
+        object.__setattr__(cfg, k, v)
+    _SOURCES[id(cfg)] = sources
+    try:
+        cfg.__post_init__()  # the one validation, naming each key's source
+    finally:
+        _SOURCES.pop(id(cfg), None)
     return cfg
 
 

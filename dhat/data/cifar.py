@@ -118,7 +118,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The globals that numpy's pickling of arrays, dtypes and scalars needs (numpy 1 and 2
     module names), and latin-1 `_codecs.encode`: nothing else can be named in a CIFAR file."""
     try:
-        from numpy._core import multiarray, numeric
+        from numpy._core import multiarray, numeric  # numpy >= 2; numpy.core below
     except ImportError:  # numpy < 2
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]  # same modules
     out: dict[tuple[str, str], Any] = {
@@ -209,7 +209,7 @@ def _class_names(path: Path, key: str) -> list[str]:
 def data_folder(name: str, root: str | Path | None) -> Path | None:
     """The folder `load_dataset(name, root)` reads for CIFAR `name` (absolute), None if it
     finds none there; `root=None` searches the default places as the loader does."""
-    from .datasets import DEFAULT_CIFAR_ROOTS
+    from .datasets import DEFAULT_CIFAR_ROOTS  # a cycle: dhat.data.datasets imports this module
 
     roots = [root] if root is not None else list(DEFAULT_CIFAR_ROOTS)
     for r in roots:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import unknown_name
 from ..schema import Where, check_factory_args
-from .cifar import load_cifar
+from .cifar import find_folder, load_cifar
+from .splits import validation_split
 
 DEFAULT_CIFAR_ROOTS = ("../shared/data/cifar10", "data", "~/data", "~/.cache/dhat")
 
@@ -58,8 +60,6 @@ class DataBundle:
 
     def subset_train(self, n: int, seed: int = 0) -> DataBundle:
         """The first `n` images of a seeded, class-stratified permutation of the training set."""
-        from .splits import validation_split
-
         if n >= len(self.train_y):
             return self
         _, keep = validation_split(self.train_y, n, seed)
@@ -131,10 +131,6 @@ def load_dataset(name: str, root: str | None = None, **kwargs) -> DataBundle:
 
 
 def _cifar(name: str, root: str | None, download: bool, mean, std) -> DataBundle:
-    from pathlib import Path
-
-    from .cifar import find_folder
-
     if root is None:
         root = next(
             (r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), name)), "data"

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .cifar import find_folder, load_cifar
 from .datasets import DataBundle, Split, register_dataset
-from .shapes import channel_stats
+from .shapes import _hsv_to_rgb, channel_stats
 
 CLASS_NAMES = [
     "t-shirt/top",
@@ -138,8 +138,6 @@ def _resolve_roots(
 # ----------------------------------------------------------------------------- composition
 def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
     """Random saturated, bright RGB colours (n, 3) in [0, 1]."""
-    from .shapes import _hsv_to_rgb
-
     return _hsv_to_rgb(rng.random(n), rng.uniform(0.5, 1.0, n), rng.uniform(0.7, 1.0, n))
 
 

@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import UserError, clip, excerpt
+from ..io import atomic_write
 from .datasets import DataBundle, register_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,8 +156,6 @@ def load_image(path: str | Path, side: int, crop: int) -> np.ndarray:
     """(3, crop, crop) uint8: RGB, shorter side resized to `side` (bilinear, antialiased as
     PIL does), the central side x side square, then its central crop x crop window (two
     steps, so that `center_crop` of a stored training image is exactly the test view)."""
-    from PIL import Image
-
     with Image.open(path) as img:
         img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale when possible
         img = img.convert("RGB")
@@ -262,8 +262,6 @@ def _cached_split(
             pass
     x = decode_all(paths, side, crop, workers)
     try:
-        from ..checkpoint import atomic_write
-
         atomic_write(file, lambda tmp: torch.save(x, tmp))
     except OSError:
         pass  # a read-only dataset folder: no cache

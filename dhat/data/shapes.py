@@ -16,11 +16,13 @@ numpy, batched by shape and by texture type), deterministically from `seed`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from .cifar import find_folder, load_cifar
 from .datasets import DEFAULT_CIFAR_ROOTS, DataBundle, register_dataset
 
 CLASS_NAMES = [
@@ -355,10 +357,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 def _cifar_pool(root: str | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from pathlib import Path
-
-    from .cifar import find_folder, load_cifar
-
     if root is None:
         root = next(
             (r for r in DEFAULT_CIFAR_ROOTS if find_folder(Path(r).expanduser(), "cifar10")), "data"

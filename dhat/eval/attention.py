@@ -25,8 +25,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..attacks.pgd import inverse_pgd
+from ..cam import grad_cam
 from ..errors import UserError
+from ..models.registry import unwrap_parallel
+from ..modes import model_mode
+from ..pixels import to_unit
 
 __all__ = [
     "iou",
@@ -81,12 +87,6 @@ def derangement(n: int, seed: int = 0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
-def _as_float_images(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    return x.float()
-
-
 def _device_of(model: nn.Module) -> torch.device:
     p: torch.Tensor | None = next(iter(model.parameters()), None)
     if p is None:
@@ -95,8 +95,6 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _inverse_images(model, xb, yb, eps, steps, step_size):
-    from ..attacks.pgd import inverse_pgd
-
     return inverse_pgd(
         model,
         xb,
@@ -126,12 +124,10 @@ def attention_maps(
     x: (N, 3, H, W) uint8 or float in [0, 1]; with `inverse_eps` the maps are of the
     inverse-adversarial images (CE descent, `inverse_steps` steps of `inverse_step_size`).
     """
-    from ..cam import grad_cam
-
     dev = _device_of(model)
     out = []
     for lo in range(0, len(y), batch_size):
-        xb = _as_float_images(x[lo : lo + batch_size]).to(dev)
+        xb = to_unit(x[lo : lo + batch_size]).to(dev)
         yb = y[lo : lo + batch_size].long().to(dev)
         if inverse_eps is not None:
             xb = _inverse_images(model, xb, yb, inverse_eps, inverse_steps, inverse_step_size)
@@ -201,12 +197,6 @@ def attention_per_image(
     "share_null", "fg_null", "bg_null". With `scene_y` (N,) (the scene's class, -1 for none):
     "scene_bg_share" = 1 − object share of the scene class's map and its "scene_bg_share_null"
     (NaN where an image has no scene). `desc`: a tqdm bar over the batches, so named."""
-    from tqdm.auto import tqdm
-
-    from ..cam import grad_cam
-    from ..models.registry import unwrap_parallel
-    from ..modes import model_mode
-
     base = unwrap_parallel(model)
     n = len(y)
     if x.shape[0] != n or masks.shape[0] != n:
@@ -231,7 +221,7 @@ def attention_per_image(
     }
     batches = range(0, n, batch_size)
     for lo in tqdm(batches, desc=desc, leave=False, disable=desc is None):
-        x0 = _as_float_images(x[lo : lo + batch_size]).to(dev)
+        x0 = to_unit(x[lo : lo + batch_size]).to(dev)
         yb = y[lo : lo + batch_size].long().to(dev)
         mb = masks[lo : lo + batch_size]
         mnull = masks[perm[lo : lo + batch_size]]

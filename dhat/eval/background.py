@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from ..attacks.robust import AttackFn, correct_under
 from .attention import attention_per_image, derangement, eps_key
 from .records import images_sha256
-from .robust import AttackFn, correct_under
 
 GAP_SPLITS = ("mixed_same", "mixed_rand")
 IOU_SPLITS = ("mixed_same", "mixed_rand")

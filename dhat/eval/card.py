@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
@@ -123,9 +125,6 @@ def fallback_path(path: Path) -> Path:
     """Where a card goes when its folder cannot be written: a new file in the working
     directory, else in the temporary folder (`<folder name>_<card name>`, numbered if taken:
     an earlier fallback card is never overwritten). The file is created empty here."""
-    import os
-    import tempfile
-
     folders = []
     try:
         folders.append(Path.cwd())

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from ..attacks.registry import Context, get_attack
+from ..errors import UserError
+from ..io import atomic_write
 
 EPS_255 = (2, 4, 6, 8, 10, 12, 16)
 STEPS = (1, 5, 10, 20, 50)
@@ -117,12 +119,10 @@ def monotone_violations(curves: dict) -> list[str]:
 
 
 def figure(ncols: int, width: float = 5.0):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+    try:  # matplotlib is an optional dependency (dhat[plot])
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: matplotlib
+        from matplotlib.figure import Figure  # optional dependency: matplotlib
     except ImportError:
-        from ..errors import UserError
-
         raise UserError(
             "plots need matplotlib: pip install matplotlib   (or 'dhat[plot]')"
         ) from None
@@ -136,8 +136,6 @@ def plot_curves(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     one colour per run. `runs` = [(label, curves dict)]. The image count n is in the panel
     titles when every run has the same, else in each run's legend label. Writes a PNG and
     returns its path."""
-    from ..io import atomic_write
-
     fig = figure(2)
     ax_e, ax_s = fig.subplots(1, 2)
     ns = {c.get("n") for _, c in runs}

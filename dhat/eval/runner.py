@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from ..config import EvalConfig
+from ..data import DataBundle
 from ..errors import UserError
+from .records import images_sha256
 
 SUFFIX = ".eval-state.pt"
 
@@ -97,8 +102,6 @@ class Resumable:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         except OSError as e:  # a folder we may not write: evaluate on, without a state
-            import warnings
-
             warnings.warn(f"no resumable state: cannot write {self.path} ({e})", stacklevel=3)
             self.write = False
             return
@@ -125,8 +128,6 @@ class Sharded:
         self.rank, self.world_size = rank, world_size
 
     def __call__(self, key: str, n: int, fn: Callable[[int], Any]) -> list[Any]:
-        import torch.distributed as dist
-
         mine = {i: fn(i) for i in range(self.rank, n, self.world_size)}
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, mine)
@@ -134,3 +135,52 @@ class Sharded:
         for part in gathered:
             out.update(part)
         return [out[i] for i in range(n)]
+
+
+def evaluation_identity(
+    cfg: EvalConfig,
+    checkpoint_sha256: str,
+    data: DataBundle,
+    eps: float,
+    aa_budget: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """What an evaluation is, for `Resumable`: a resumed state must match every entry (the
+    checkpoint's SHA-256, the weights, attacks, test images, seed, budgets, batch size, amp)."""
+    n = min(cfg.n_test or len(data.test_y), len(data.test_y))
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "weights": cfg.weights,
+        "attacks": list(cfg.attacks),
+        "images_sha256": images_sha256(data.test_x[:n], data.test_y[:n]),
+        "aa_n": min(cfg.aa_n or n, n),
+        "seed": cfg.seed,
+        "eps": eps,
+        "step_size": cfg.step_size,
+        "batch_size": cfg.batch_size,
+        "aa_budget": dict(aa_budget or {}),
+        "amp": cfg.amp,
+    }
+
+
+def evaluation_runner(
+    card_path: Path,
+    identity: dict[str, Any],
+    *,
+    group: Any = None,
+    resume: bool = False,
+    write: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Resumable:
+    """The runner of one evaluation's attack batches: a `Resumable` state beside the card,
+    keyed by `identity`, over a `Sharded` runner when `group` (a `dhat.distributed.Dist`) is
+    given; `log` says when it shards and how many batches it resumes."""
+    sharded = Sharded(group.rank, group.world_size) if group is not None else None
+    state = Resumable(state_path(card_path), identity, resume=resume, inner=sharded, write=write)
+    if sharded is not None and log is not None:
+        log(
+            f"sharded: {sharded.world_size} processes run every attack's batches "
+            "(curves, sanity checks, robust gap and background measures on every rank)"
+        )
+    if state.resumed and log is not None:
+        log(f"resuming: {state.resumed} finished attack batches from {state.path}")
+    return state

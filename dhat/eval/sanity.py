@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from ..attacks.registry import Context, find_attack, get_attack
 from ..modes import frozen_params, model_mode
+from ..pixels import to_unit
+from .curves import monotone_violations
 
 DOC = "docs/sanity_checks.md"
 LARGE_EPS = 64 / 255
@@ -49,10 +51,6 @@ def _result(check: str, ok: bool | None, message: str, **details) -> dict[str, A
         "details": details,
         "doc": f"{DOC}#{check}",
     }
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
 # ----------------------------------------------------------------------------- model checks
@@ -82,7 +80,7 @@ def check_train_mode(model) -> dict:
 def check_deterministic(model, x: torch.Tensor, device="cpu", rtol: float = 5e-3) -> dict:
     """rtol (relative to the largest logit) tolerates TF32/cuDNN algorithm differences between
     batch sizes; batch statistics or injected noise differ by far more."""
-    x = _float(x[:16]).to(device)
+    x = to_unit(x[:16]).to(device)
     with model_mode(model, "eval"):
         a, b = model(x), model(x)
         alone = model(x[:1])
@@ -119,7 +117,7 @@ def check_deterministic(model, x: torch.Tensor, device="cpu", rtol: float = 5e-3
 
 @torch.no_grad()
 def check_probabilities(model, x: torch.Tensor, device="cpu", tol: float = 1e-4) -> dict:
-    x = _float(x[:32]).to(device)
+    x = to_unit(x[:32]).to(device)
     with model_mode(model, "eval"):
         out = model(x).float()
     in_range = bool(out.min() >= -tol and out.max() <= 1 + tol)
@@ -145,7 +143,7 @@ def check_probabilities(model, x: torch.Tensor, device="cpu", tol: float = 1e-4)
 
 
 def check_zero_gradients(model, x: torch.Tensor, y: torch.Tensor, device="cpu") -> dict:
-    x = _float(x).to(device).requires_grad_(True)
+    x = to_unit(x).to(device).requires_grad_(True)
     y = y.to(device)
     with model_mode(model, "eval"), frozen_params(model), torch.enable_grad():
         loss = F.cross_entropy(model(x), y, reduction="sum")
@@ -357,8 +355,6 @@ def check_aa_flags(messages: list[str]) -> dict:
 
 
 def check_curves(curves: dict) -> dict:
-    from .curves import monotone_violations
-
     bad = monotone_violations(curves)
     if bad:
         return _result(

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from ..models import unwrap
 from ..schema import NONNEG, OptionSpec, option, specs
 from .base import Method
-from .registry import create_method, method_options, register_method
+from .registry import build_method, method_options, register_method
 
 
 def awp_direction(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class AWP(Method):
             raise TypeError(
                 f"options {sorted(options)} are for the base method; pass them to it, not to AWP"
             )
-        self.base = base if base is not None else create_method(self.base_method, **options)
+        self.base = base if base is not None else build_method(self.base_method, options)
         self._proxy: torch.nn.Module | None = None
         self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 

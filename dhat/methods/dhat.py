@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..schema import NONNEG, UNIT, option
 from .base import accuracy
 from .batched import forward_parts
+from .frozen import checkpoint_option
 from .registry import register_method
 from .standard import Adversarial
 
@@ -168,11 +169,9 @@ class DHAT(Adversarial):
     inverse_loss: Literal["official", "ce"] = option(
         "official", "inverse attack loss: official (CE + KL to p(x) − KL to p(x̂)) or ce"
     )
-    cam_model: str = option(
-        "self",
+    cam_model: str = checkpoint_option(
         "Grad-CAM network: 'self' or the path of a --method "
-        "standard checkpoint (the official frozen network)",
-        kind="checkpoint",
+        "standard checkpoint (the official frozen network)"
     )
     cam_layer: str = option(
         "", "Grad-CAM layer (dotted path; empty = the CAM model's last convolutional stage)"

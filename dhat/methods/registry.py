@@ -55,4 +55,12 @@ def check_method_options(
 
 def create_method(name: str, **options: Any) -> Method:
     """Build a registered method; options are typed and checked as the CLI checks them."""
-    return _METHODS[name](**check_method_options(name, options))
+    return build_method(name, check_method_options(name, options))
+
+
+def build_method(name: str, options: dict[str, Any]) -> Method:
+    """Build a registered method from options that are already typed and checked (a
+    resolved `TrainConfig`'s, or `check_method_options`'s output): no second coercion."""
+    if name not in _METHODS:
+        raise unknown_name("method", name, _METHODS)
+    return _METHODS[name](**options)

@@ -37,15 +37,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import UserError
 from ..io import file_sha256
 from ..schema import Where, parse_number
+from . import robustbench as rb
 from .base import NORMALIZATION
+from .registry import check_model_args, create_model, is_model, list_models, model_arg_defaults
 
 NORMALIZATIONS = {"none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), **NORMALIZATION}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
@@ -119,8 +123,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
@@ -254,8 +256,6 @@ def fit_state_dict(
             if file_mean != tuple(round(v, 6) for v in mean) or file_std != tuple(
                 round(v, 6) for v in std
             ):
-                import warnings
-
                 warnings.warn(
                     f"{source} holds mean={file_mean}, std={file_std}; --normalization "
                     f"{normalization} overrides them",
@@ -296,8 +296,6 @@ def _same_normalization(a: str, b: str) -> bool:
 
 def _canonical(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(architecture, all its arguments), the fixed-size WRNs as `wide_resnet`."""
-    from .registry import model_arg_defaults
-
     full = {**model_arg_defaults(name), **kwargs}
     if name in ("wrn_28_10", "wrn_34_10"):
         depth, widen = name.split("_")[1:]
@@ -322,9 +320,6 @@ def _robustbench_row(
 ):
     """(row name, dataset, Row) when `model_name` is a RobustBench row, or the file keeps a
     row's name (`Gowal2020Uncovering_70_16.pt`, as RobustBench's loader saves it); else None."""
-    from . import robustbench as rb
-    from .registry import is_model
-
     if model_name and not is_model(model_name):
         if not (rb.is_row_name(model_name) or rb.ROW_NAME.fullmatch(model_name)):
             return None  # not a row's spelling: create_model names the nearest architecture
@@ -354,8 +349,6 @@ def load_weights_file(
     architecture, arguments and normalisation are then RobustBench's (`models/robustbench.py`).
     A file that keeps a row's name is recognised without `model_name`, and an architecture,
     arguments or normalisation given for it that differ from the row's are refused."""
-    from .registry import check_model_args, create_model, list_models
-
     path = Path(path)
     state = read_state_dict(path)
     meta = read_sidecar(path)

@@ -1,6 +1,13 @@
-"""Training: the loop, the schedule, checkpoints, torchrun/DDP."""
+"""Training: the trainer (`trainer`) and its parts (`assembly`, `loop`, `validation`, `state`,
+`resume`), the schedule, the EMA and the experiment trackers."""
 
 from .schedule import piecewise_lr
-from .trainer import Trainer, TrainingDiverged, method_args, train
+from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, train
 
-__all__ = ["piecewise_lr", "Trainer", "TrainingDiverged", "method_args", "train"]
+__all__ = [
+    "piecewise_lr",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "train",
+]

@@ -17,37 +17,16 @@ TensorBoard writes into `<run>/tensorboard`; W&B and MLflow go where their own s
 from __future__ import annotations
 
 import abc
-import importlib.util
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, unknown_name
+from ..errors import UserError
+from ..trackers import check_loggers
 
-# name -> (the module it imports, the pip extra that installs it); jsonl needs none.
-LOGGERS: dict[str, tuple[str, str] | None] = {
-    "jsonl": None,
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-    "mlflow": ("mlflow", "mlflow"),
-}
 TENSORBOARD_DIR = "tensorboard"
-
-
-def check_loggers(names: Sequence[str], flag: str = "--loggers") -> list[str]:
-    """The names, known and with their package installed (checked without importing it);
-    else one line naming the fix."""
-    for name in names:
-        if name not in LOGGERS:
-            raise unknown_name(f"logger ({flag})", name, LOGGERS)
-        need = LOGGERS[name]
-        if need is not None and importlib.util.find_spec(need[0]) is None:
-            raise UserError(
-                f"{flag} {name} needs the {need[0]} package: pip install 'dhat[{need[1]}]'"
-            )
-    return list(dict.fromkeys(names))
 
 
 def scalars(record: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -84,7 +63,7 @@ class TensorBoardLogger(Logger):
         self._open()
 
     def _open(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency: tensorboard
 
         if self.folder.is_symlink():
             raise UserError(
@@ -111,7 +90,7 @@ class TensorBoardLogger(Logger):
 
 class WandbLogger(Logger):
     def __init__(self, name: str, config: dict[str, Any]):
-        import wandb
+        import wandb  # optional dependency: wandb
 
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "dhat"), name=name, config=config
@@ -126,7 +105,7 @@ class WandbLogger(Logger):
 
 class MlflowLogger(Logger):
     def __init__(self, name: str, config: dict[str, Any]):
-        import mlflow
+        import mlflow  # optional dependency: mlflow
 
         self.mlflow = mlflow
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "dhat"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..modes import model_mode
+from ..pixels import to_unit
 
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,7 +31,7 @@ def correct_under(
     with model_mode(model, "eval"):
         for i in tqdm(batches, desc=desc, leave=False, disable=desc is None):
             x = images[i : i + batch_size].to(device)
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            x = to_unit(x)
             y = labels[i : i + batch_size].to(device)
             if attack is not None:
                 x = attack(model, x, y)
@@ -44,3 +46,15 @@ def per_class(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     hits = torch.bincount(labels[correct], minlength=num_classes).double()
     total = torch.bincount(labels, minlength=num_classes).double()
     return hits / total
+
+
+def worst_case(
+    correct: dict[str, torch.Tensor], n_images: dict[str, int]
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The per-image worst case over the attacks in `correct` ({attack: (N_a,) bool}) on the
+    first m = min(`n_images`) images, those every attack saw: ({"accuracy", "n": m,
+    "attacks"}, (m,) bool robust under every attack)."""
+    m = min(n_images.values())
+    worst = torch.stack([v[:m] for v in correct.values()]).all(0)
+    acc = worst.float().mean().item() if m else 0.0
+    return {"accuracy": acc, "n": m, "attacks": list(correct)}, worst
