@@ -173,7 +173,7 @@ class TrainConfig:
     preset: str | None = option(None, "the named preset this config started from")
 
     def __post_init__(self) -> None:
-        validate_train_config(self, sources=_SOURCES.pop(id(self), None))
+        validate_train_config(self)
 
     __hash__ = None  # type: ignore[assignment]  # frozen, but its dict fields are unhashable
 
@@ -191,10 +191,6 @@ class TrainConfig:
         valid = method_options(self.method)
         threat = {k: getattr(self, k) for k in RUN_WIDE if k in valid}
         return {**threat, **self.method_args}
-
-
-# sources of a config being built by build_train_config (by id), read once by __post_init__
-_SOURCES: dict[int, dict[str, Where]] = {}
 
 
 def config_hash(cfg) -> str:
@@ -438,11 +434,7 @@ def build_train_config(
     defaults = {f.name: _field_default(f) for f in dataclasses.fields(TrainConfig)}
     for k, v in {**defaults, **merged}.items():
         object.__setattr__(cfg, k, v)
-    _SOURCES[id(cfg)] = sources
-    try:
-        cfg.__post_init__()  # the one validation, naming each key's source
-    finally:
-        _SOURCES.pop(id(cfg), None)
+    validate_train_config(cfg, sources=sources)  # the one validation, naming each key's source
     return cfg
 
 
