@@ -138,7 +138,7 @@ def regime(cards: list[dict[str, Any]]) -> str:
     return (
         f"PGD-AT at the end of training: robust gap {gap:.2f} points (target ≥ {TARGET_GAP:g}), "
         f"clean {clean:.2f} % (target ≥ {TARGET_CLEAN:g}): the robust-overfitting regime is "
-        + ("reached." if ok else "NOT reached on both counts.")
+        + ("reached." if ok else "NOT reached (" + _missed(gap, clean) + ").")
     )
 
 
@@ -281,3 +281,10 @@ def write_report(out: Path) -> str:
     curves(cards, out / "learning_curves.png")
     print(text)
     return text
+
+
+def _missed(gap: float, clean: float) -> str:
+    """Which of the regime's two targets PGD-AT misses."""
+    missed = [f"gap < {TARGET_GAP:g}"] if gap < TARGET_GAP else []
+    missed += [f"clean < {TARGET_CLEAN:g} %"] if clean < TARGET_CLEAN else []
+    return " and ".join(missed)
