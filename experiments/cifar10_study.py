@@ -34,6 +34,9 @@ Phases (each resumable: finished runs and cards are reused, an interrupted run r
     python experiments/cifar10_study.py eval --worker 0/2 &    # cards + per-image records
     python experiments/cifar10_study.py eval --worker 1/2 &
     python experiments/cifar10_study.py report                 # tables and figures
+or, in one go, each process training a run and evaluating it before the next:
+    python experiments/cifar10_study.py run --worker 0/2 &
+    python experiments/cifar10_study.py run --worker 1/2 &
 
 `--worker K/N` gives process K its share of the runs (balanced by their measured cost);
 standard runs come first, and a DHAT run whose frozen network another process is still
@@ -71,6 +74,7 @@ OUT = Path("experiments/results/cifar10_study")
 RUNS = Path("../runs/cifar10_study")
 STANDARD = "{standard}"  # a method option naming the same seed's standard best.pt
 CHECKPOINTS = ("best", "last")
+EVAL_UNIT = 0.3  # one evaluation unit (eval_cost) in pgd_at trainings (~80 s against ~255 s)
 
 
 @dataclass(frozen=True)
@@ -302,14 +306,14 @@ def eval_cost(job: tuple[str, int, str], aa_on: list[str]) -> float:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["train", "eval", "report"])
+    p.add_argument("phase", choices=["train", "eval", "run", "report"])
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--runs", type=Path, default=RUNS, help="checkpoints (outside git)")
     p.add_argument("--data-root", default="../shared/data/cifar10")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     p.add_argument("--worker", type=parse_worker, default=(0, 1), help="K/N: process K of N")
-    p.add_argument("--n-train", type=int, default=3000, help="class-balanced training subset")
+    p.add_argument("--n-train", type=int, default=2500, help="class-balanced training subset")
     p.add_argument("--val-size", type=int, default=500)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--model", default="small_cnn")
@@ -345,6 +349,28 @@ def main(argv=None) -> int:
         return 2
 
 
+def record(args, jobs: list[tuple[str, int]], evaluates: bool) -> None:
+    """Refuse at once (one line) if a frozen network cannot come; record the invocation with
+    every run config known now (a frozen-network run's config once its standard run exists)
+    and, when this phase evaluates, the evaluation config."""
+    for name, seed in jobs:
+        if needs_standard(name) and "standard" not in args.variants:
+            train_config(args, name, seed)
+    evaluation = eval_config(args, Path("RUN/last.pt"), Path("CARD.json"), aa=True)
+    with locked(args.out):
+        record_invocation(
+            args.out,
+            args.seeds,
+            args.threads,
+            {
+                f"{n}_s{s}": train_config(args, n, s)
+                for n, s in jobs
+                if not needs_standard(n) or (run_dir(args, "standard", s) / "best.pt").is_file()
+            },
+            evaluation if evaluates else None,
+        )
+
+
 def run_phase(args) -> int:
     if args.phase == "report":
         from cifar10_report import write_report
@@ -352,34 +378,25 @@ def run_phase(args) -> int:
         write_report(args.out)
         return 0
     jobs = plan(args.seeds, args.variants)
+    if args.phase == "run":  # train a run, evaluate it, then the next: no idle tail
+        record(args, jobs, evaluates=True)
+
+        def cost(job: tuple[str, int]) -> float:
+            evals = sum(eval_cost((job[0], job[1], w), args.aa_on) for w in CHECKPOINTS)
+            return variants()[job[0]].cost + EVAL_UNIT * evals
+
+        for name, seed in share(jobs, cost, args.worker):
+            train_one(args, name, seed)
+            for which in CHECKPOINTS:
+                eval_one(args, name, seed, which)
+        return 0
     if args.phase == "train":
-        for name, seed in jobs:  # refuse at once (one line) if a frozen network cannot come
-            if needs_standard(name) and "standard" not in args.variants:
-                train_config(args, name, seed)
-        with locked(args.out):  # frozen-network configs are recorded again by `eval`
-            record_invocation(
-                args.out,
-                args.seeds,
-                args.threads,
-                {
-                    f"{n}_s{s}": train_config(args, n, s)
-                    for n, s in jobs
-                    if not needs_standard(n) or (run_dir(args, "standard", s) / "best.pt").is_file()
-                },
-                None,
-            )
+        record(args, jobs, evaluates=False)
         for name, seed in share(jobs, lambda j: variants()[j[0]].cost, args.worker):
             train_one(args, name, seed)
         return 0
     evals = [(n, s, w) for n, s in jobs for w in CHECKPOINTS]
-    with locked(args.out):
-        record_invocation(
-            args.out,
-            args.seeds,
-            args.threads,
-            {f"{n}_s{s}": train_config(args, n, s) for n, s in jobs},
-            eval_config(args, Path("RUN/last.pt"), Path("CARD.json"), aa=True),
-        )
+    record(args, jobs, evaluates=True)
     for name, seed, which in share(evals, lambda j: eval_cost(j, args.aa_on), args.worker):
         eval_one(args, name, seed, which)
     return 0
