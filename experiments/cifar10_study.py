@@ -66,6 +66,7 @@ import torch
 from dhat.config import EvalConfig, TrainConfig
 from dhat.data import validation_split
 from dhat.errors import UserError
+from dhat.train.state import config_changes, config_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from study_record import record_invocation  # noqa: E402  (a sibling script module)
@@ -158,8 +159,21 @@ def train_config(args, name: str, seed: int) -> TrainConfig:
 
 
 def finished(args, name: str, seed: int) -> bool:
+    """Whether the run has trained all its epochs; refuses (one line) a run folder that holds
+    a run of another setup (say an earlier --n-train), which must never pass for this one."""
     last = run_dir(args, name, seed) / "last.pt"
-    return last.is_file() and torch.load(last, weights_only=True)["epoch"] + 1 >= args.epochs
+    if not last.is_file():
+        return False
+    saved = torch.load(last, weights_only=True)
+    changes = config_changes(saved["config"], config_dict(train_config(args, name, seed)))
+    changes.pop("data_root", None)  # the same files under another path
+    if changes:
+        shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changes.items()))
+        raise UserError(
+            f"{last.parent} holds a run of another setup ({shown}); give this study another "
+            f"--runs folder, or remove that one"
+        )
+    return saved["epoch"] + 1 >= args.epochs
 
 
 def plan(seeds: list[int], names: list[str]) -> list[tuple[str, int]]:
