@@ -354,6 +354,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.argv = ["experiments/cifar10_study.py", *(sys.argv[1:] if argv is None else argv)]
     torch.set_num_threads(args.threads)
     (args.out / "cards").mkdir(parents=True, exist_ok=True)
     try:
@@ -364,12 +365,13 @@ def main(argv=None) -> int:
 
 
 def record(args, jobs: list[tuple[str, int]], evaluates: bool) -> None:
-    """Refuse at once (one line) if a frozen network cannot come; record the invocation with
-    every run config known now (a frozen-network run's config once its standard run exists)
-    and, when this phase evaluates, the evaluation config."""
+    """Refuse at once (one line) if a frozen network cannot come or a run folder holds a run of
+    another setup; record the invocation with every run config known now (a frozen-network
+    run's config once its standard run exists) and, when it evaluates, the evaluation config."""
     for name, seed in jobs:
         if needs_standard(name) and "standard" not in args.variants:
             train_config(args, name, seed)
+        finished(args, name, seed)  # refuses a run folder of another setup
     evaluation = eval_config(args, Path("RUN/last.pt"), Path("CARD.json"), aa=True)
     with locked(args.out):
         record_invocation(
@@ -382,6 +384,7 @@ def record(args, jobs: list[tuple[str, int]], evaluates: bool) -> None:
                 if not needs_standard(n) or (run_dir(args, "standard", s) / "best.pt").is_file()
             },
             evaluation if evaluates else None,
+            args.argv,
         )
 
 

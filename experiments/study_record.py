@@ -22,15 +22,21 @@ def git_commit() -> str:
 
 
 def record_invocation(
-    out: Path, seeds: list[int], threads: int, configs: dict[str, Any], eval_config: Any
+    out: Path,
+    seeds: list[int],
+    threads: int,
+    configs: dict[str, Any],
+    eval_config: Any,
+    argv: list[str] | None = None,
 ) -> None:
-    """Append this invocation to `out/study.json` and merge in its configs (dataclasses)."""
+    """Append this invocation (`argv`, default the process's) to `out/study.json` and merge in
+    its configs (dataclasses)."""
     record = out / "study.json"
     meta = json.loads(record.read_text()) if record.is_file() else {}
     meta.setdefault("invocations", []).append(
         {
             "commit": git_commit(),
-            "argv": sys.argv,
+            "argv": sys.argv if argv is None else argv,
             "seeds": seeds,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "torch": torch.__version__,

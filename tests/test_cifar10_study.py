@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dhat.eval.records import card_records
+from dhat.train.state import config_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import cifar10_study as study  # noqa: E402  (a script module, found through sys.path)
@@ -50,7 +51,8 @@ def test_dhat_frozen_refuses_without_its_cam_network_and_names_the_command(tmp_p
         )
     # a best.pt of an unfinished standard run (1 of 40 epochs) is not a frozen network yet
     (runs / "standard_s2").mkdir(parents=True)
-    torch.save({"epoch": 0}, runs / "standard_s2" / "last.pt")
+    setup = config_dict(study.train_config(study.parser().parse_args(argv), "standard", 2))
+    torch.save({"epoch": 0, "config": setup}, runs / "standard_s2" / "last.pt")
     torch.save({"epoch": 0}, runs / "standard_s2" / "best.pt")
     assert study.main([*argv, "--variants", "dhat_frozen"]) == 2
     err = capsys.readouterr().err.strip()
@@ -112,6 +114,9 @@ def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
                 assert rec[f"test|{k}"].mean() == pytest.approx(v)
             gap = rec["gap|train"].mean() - rec["gap|test"].mean()
             assert gap == pytest.approx(card["robust_gap"]["gap"])
+    # a run folder of another setup never passes as finished for this one
+    other = [*train[:1], "70", *train[2:]]
+    assert study.main(["train", *common, *other]) == 2
     stamp = (out / "cards" / "pgd_at_s0_last.json").stat().st_mtime_ns
     assert study.main(["eval", *common, *train, *evaluate]) == 0  # finished cards are reused
     assert (out / "cards" / "pgd_at_s0_last.json").stat().st_mtime_ns == stamp
@@ -138,3 +143,32 @@ def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
     expected = last["robust_gap"]["gap"] - std["robust_gap"]["gap"]
     assert d is not None and d["value"] == pytest.approx(100 * expected, abs=1e-4)
     assert report.paired(cards, "pgd_at", "standard", "aa") is None  # AutoAttack not run
+
+
+def test_run_phase_trains_and_evaluates_each_run_in_two_processes_shares(
+    cifar_root, tmp_path, capsys
+):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = [
+        "run", "--seeds", "0", "--variants", "standard", "pgd_at", "--out", str(out), "--runs",
+        str(runs), "--data-root", str(cifar_root), "--n-train", "60", "--val-size", "20",
+        "--epochs", "1", "--milestones", "--width", "4", "--train-steps", "1",
+        "--batch-size", "20", "--n-test", "20", "--gap-train-images", "10", "--aa-on",
+    ]  # fmt: skip
+    assert study.main([*argv, "--worker", "0/2"]) == 0
+    first = sorted(p.name for p in (out / "cards").glob("*_s0_*.json"))
+    assert len(first) == 4  # one run: its two cards and their meta files
+    assert study.main([*argv, "--worker", "1/2"]) == 0
+    cards = sorted(p.name for p in (out / "cards").glob("*_s0_*[tl].json"))
+    assert cards == [f"{n}_s0_{w}.json" for n in ("pgd_at", "standard") for w in ("best", "last")]
+    record = json.loads((out / "study.json").read_text())
+    assert [i["argv"][1] for i in record["invocations"]] == ["run", "run"]
+    assert record["eval_config"]["n_test"] == 20 and set(record["configs"]) == {
+        "standard_s0",
+        "pgd_at_s0",
+    }
+    # a stale run of another setup is refused in one line that names the fix
+    bad = [a if a != "60" else "80" for a in argv]
+    assert study.main([*bad, "--worker", "0/1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train_subset 60 -> 80" in err[0] and "--runs" in err[0]
