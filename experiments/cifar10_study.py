@@ -72,7 +72,7 @@ from dhat.errors import UserError
 from dhat.train.state import config_changes, config_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study_record import record_invocation  # noqa: E402  (a sibling script module)
+from study_record import merge_configs, record_invocation  # noqa: E402  (a sibling script module)
 
 OUT = Path("experiments/results/cifar10_study")
 RUNS = Path("../runs/cifar10_study")
@@ -407,6 +407,8 @@ def run_phase(args) -> int:
 
         for name, seed in share(jobs, cost, args.worker):
             train_one(args, name, seed)
+            with locked(args.out):  # a frozen-network run's config exists only now
+                merge_configs(args.out, {f"{name}_s{seed}": train_config(args, name, seed)})
             for which in CHECKPOINTS:
                 eval_one(args, name, seed, which)
         return 0

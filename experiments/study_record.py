@@ -47,3 +47,12 @@ def record_invocation(
     if eval_config is not None:  # a training-only invocation records no evaluation config
         meta["eval_config"] = asdict(eval_config)
     record.write_text(json.dumps(meta, indent=2, default=str))
+
+
+def merge_configs(out: Path, configs: dict[str, Any]) -> None:
+    """Merge run configs (dataclasses) into `out/study.json` without recording an invocation
+    (a run whose config could only be made once its frozen network existed)."""
+    record = out / "study.json"
+    meta = json.loads(record.read_text()) if record.is_file() else {}
+    meta.setdefault("configs", {}).update({k: asdict(v) for k, v in configs.items()})
+    record.write_text(json.dumps(meta, indent=2, default=str))
