@@ -31,8 +31,7 @@ def record_invocation(
 ) -> None:
     """Append this invocation (`argv`, default the process's) to `out/study.json` and merge in
     its configs (dataclasses)."""
-    record = out / "study.json"
-    meta = json.loads(record.read_text()) if record.is_file() else {}
+    meta = _read(out)
     meta.setdefault("invocations", []).append(
         {
             "commit": git_commit(),
@@ -43,16 +42,22 @@ def record_invocation(
             "threads": threads,
         }
     )
-    meta.setdefault("configs", {}).update({k: asdict(v) for k, v in configs.items()})
     if eval_config is not None:  # a training-only invocation records no evaluation config
         meta["eval_config"] = asdict(eval_config)
-    record.write_text(json.dumps(meta, indent=2, default=str))
+    _write(out, meta, configs)
 
 
 def merge_configs(out: Path, configs: dict[str, Any]) -> None:
     """Merge run configs (dataclasses) into `out/study.json` without recording an invocation
     (a run whose config could only be made once its frozen network existed)."""
+    _write(out, _read(out), configs)
+
+
+def _read(out: Path) -> dict[str, Any]:
     record = out / "study.json"
-    meta = json.loads(record.read_text()) if record.is_file() else {}
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def _write(out: Path, meta: dict[str, Any], configs: dict[str, Any]) -> None:
     meta.setdefault("configs", {}).update({k: asdict(v) for k, v in configs.items()})
-    record.write_text(json.dumps(meta, indent=2, default=str))
+    (out / "study.json").write_text(json.dumps(meta, indent=2, default=str))
