@@ -70,7 +70,7 @@ def summary(cards: list[dict[str, Any]], which: str) -> dict[str, dict[str, tupl
             if key == "train":
                 xs = [100 * c["robust_gap"]["train"] for c in cs]
             elif key == "epoch":
-                xs = [c["epoch"] + 1 for c in cs]
+                xs = [c["epoch"] for c in cs]  # cards count epochs from 1
             else:
                 xs = [x for c in cs if (x := value(c, key)) is not None]
             if xs:
@@ -119,7 +119,7 @@ def runs_table(cards: list[dict[str, Any]]) -> str:
         aa = value(c, "aa")
         check = next((s["status"] for s in c["sanity"] if s["check"] == "aa_vs_pgd"), "–")
         rows.append(
-            f"| {c['variant']} | {c['seed']} | {c['checkpoint']} | {c['epoch'] + 1} | "
+            f"| {c['variant']} | {c['seed']} | {c['checkpoint']} | {c['epoch']} | "
             + " | ".join(f"{value(c, k):.2f}" for k in ("clean", "pgd10", "pgd20", "cw"))
             + f" | {'–' if aa is None else f'{aa:.2f}'} | {check} | {100 * g['gap']:.2f} "
             f"({100 * g['train']:.2f} − {100 * g['test']:.2f}) | "
