@@ -128,6 +128,9 @@ def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
     text = (out / "results.md").read_text()
     last = json.loads((out / "cards" / "pgd_at_s0_last.json").read_text())
     row = next(ln for ln in text.splitlines() if ln.startswith("| pgd_at | 1 |"))
+    assert row.startswith("| pgd_at | 1 | 2 |")  # last.pt is epoch 2 of 2 (cards count from 1)
+    run_row = next(ln for ln in text.splitlines() if ln.startswith("| pgd_at | 0 | last |"))
+    assert run_row.startswith("| pgd_at | 0 | last | 2 |")
     assert f"| {100 * last['accuracy']['clean']:.2f} |" in row
     assert f"| {100 * last['robust_gap']['gap']:.2f} |" in row
     assert (out / "learning_curves.png").stat().st_size > 0
