@@ -2,6 +2,7 @@
 runs between processes, and a tiny end-to-end run (train, eval, report) on real CIFAR-10."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_share_splits_the_plan_into_balanced_disjoint_lists_with_standard_first(
     assert study.share(jobs, cost, (0, 1)) == jobs
 
 
-def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
+def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path, capsys):
     out, runs = tmp_path / "out", tmp_path / "runs"
     common = [
         "--seeds", "0", "--variants", "standard", "pgd_at", "--out", str(out), "--runs",
@@ -102,7 +103,9 @@ def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
                 "checkpoint": which,
                 "epochs": 2,
                 "train_seconds": meta["train_seconds"],
+                "config": meta["config"],  # the run's, so a reused card is known to be this study's
             }
+            assert meta["config"]["train_subset"] == 60 and meta["config"]["method"] == name
             assert card["checkpoint"] == str(runs / f"{name}_s0" / f"{which}.pt")
             assert card["n_test"] == 30 and card["robust_gap"]["n_train"] == 20
             assert sorted(card["accuracy"]) == ["clean", "cw", "pgd10", "pgd20"]
@@ -124,6 +127,16 @@ def test_tiny_study_trains_evaluates_and_reports(cifar_root, tmp_path):
     assert len(record["invocations"]) == 3
     assert set(record["configs"]) == {"standard_s0", "pgd_at_s0"}
     assert record["configs"]["pgd_at_s0"]["train_subset"] == 60
+    # with its checkpoints gone, a card of another setup is still never reused for this one
+    shutil.rmtree(runs / "pgd_at_s0")
+    alone = [a if a != "standard" else "pgd_at" for a in common]  # pgd_at only
+    later = [*train[:5], "3", *train[6:]]  # --epochs 3
+    assert study.main(["eval", *alone, *later, *evaluate]) == 2
+    err = capsys.readouterr().err
+    assert "pgd_at_s0_best.json holds a run of another setup (epochs 2 -> 3)" in err
+    assert len(json.loads((out / "study.json").read_text())["invocations"]) == 3  # not recorded
+    assert study.main(["eval", *alone, *train, *evaluate]) == 0  # its own setup: reused
+    assert (out / "cards" / "pgd_at_s0_last.json").stat().st_mtime_ns == stamp
     assert study.main(["report", "--out", str(out)]) == 0
     text = (out / "results.md").read_text()
     last = json.loads((out / "cards" / "pgd_at_s0_last.json").read_text())
