@@ -294,23 +294,22 @@ def eval_config(args, checkpoint: Path, card: Path, aa: bool) -> EvalConfig:
     return EvalConfig(**kwargs)
 
 
-def made(args, name: str, seed: int, which: str) -> bool:
-    """Whether the card exists; refuses (one line) a card of another setup, which must never be
-    reused for this study even once its run's checkpoints are gone."""
+def refuse_other_card(args, name: str, seed: int, which: str) -> None:
+    """One line if the card exists for a run of another setup: it must never be reused for this
+    study, even once its run's checkpoints are gone."""
     card = card_path(args, name, seed, which)
     if not card.is_file():
-        return False
+        return
     meta = json.loads(card.with_suffix(".meta.json").read_text())
     if "config" in meta:  # cards made before the meta kept the config are taken as they are
         refuse_other_setup(args, name, seed, meta["config"], meta["epochs"], card, "--out")
-    return True
 
 
 def eval_one(args, name: str, seed: int, which: str) -> None:
     from dhat.eval import evaluate_checkpoint
 
     card = card_path(args, name, seed, which)
-    if made(args, name, seed, which):
+    if card.is_file():  # record() has refused any card of another setup
         return
     rdir = run_dir(args, name, seed)
     if not finished(args, name, seed):
@@ -329,7 +328,7 @@ def eval_one(args, name: str, seed: int, which: str) -> None:
         "checkpoint": which,
         "epochs": len(log),
         "train_seconds": round(sum(r["seconds"] for r in log), 1),
-        "config": torch.load(rdir / "last.pt", weights_only=True)["config"],
+        "config": config_dict(train_config(args, name, seed)),  # finished() matched last.pt's
     }
     card.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(
@@ -404,7 +403,7 @@ def record(args, jobs: list[tuple[str, int]], evaluates: bool) -> None:
         finished(args, name, seed)  # refuses a run folder of another setup
         if evaluates:
             for which in CHECKPOINTS:
-                made(args, name, seed, which)  # refuses a card of another setup
+                refuse_other_card(args, name, seed, which)
     evaluation = eval_config(args, Path("RUN/last.pt"), Path("CARD.json"), aa=True)
     with locked(args.out):
         record_invocation(
